@@ -1,0 +1,3 @@
+from .customer import router
+
+__all__ = ["router"]

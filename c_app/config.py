@@ -1,0 +1,105 @@
+"""Settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_CORS_ORIGINS = [
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:8080",
+    "https://your-domain.com",
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    app_name: str = "智能客服系统"
+    company_name: str = "示例商城"
+    version: str = "1.0.0"
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    reload: bool = False
+    log_level: str = "INFO"
+    log_file: str | None = None
+
+    # Storage. DATABASE_URL, when set, overrides the SQLite file at MEMORY_DB_PATH.
+    memory_db_path: str = "./data/customer_service.db"
+    database_url: str | None = None
+    database_schema: str | None = None  # PostgreSQL search_path (tests isolate runs with it)
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
+    upload_dir: str = "./uploads"
+    max_file_size: int = 10 * 1024 * 1024
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_CORS_ORIGINS))
+
+    # Knowledge base and memory.
+    load_sample_kb: bool = True
+    sample_kb_path: str | None = None
+    chat_memory_limit: int = Field(default=200, ge=1)
+    answer_threshold: float | None = None  # None: the retrieval library's measured default
+    index_refresh_interval: float = Field(default=0.25, ge=0)
+    user_index_cache_size: int = Field(default=512, ge=1)
+
+    # Chat.
+    llm_model: str = "deepseek-chat"
+    llm_base_url: str = "https://api.deepseek.com"
+    llm_api_key: str | None = None
+    max_message_chars: int = Field(default=4000, ge=1)
+    max_message_parts: int = Field(default=10, ge=1)
+
+    auth_mode: Literal["none", "api_key", "jwt"] = "none"
+    admin_token: str | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL: DATABASE_URL (driver added if missing) or the SQLite file."""
+        if self.database_url:
+            url = self.database_url
+            for plain, driver in (
+                ("postgresql://", "postgresql+asyncpg://"),
+                ("postgres://", "postgresql+asyncpg://"),
+                ("sqlite://", "sqlite+aiosqlite://"),
+            ):
+                if url.startswith(plain):
+                    return driver + url[len(plain) :]
+            return url
+        return f"sqlite+aiosqlite:///{Path(self.memory_db_path).expanduser().resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        """Create the upload folder and the SQLite file's folder when missing."""
+        Path(self.upload_dir).mkdir(parents=True, exist_ok=True)
+        if not self.database_url:
+            Path(self.memory_db_path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+settings = get_settings()

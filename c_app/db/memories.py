@@ -1,0 +1,178 @@
+"""Queries for memories and their change log.
+
+Every write appends to `memory_changes` in the same transaction, so each process can bring its
+in-memory search index up to date by reading the log past the last sequence number it applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Memory, MemoryChange, utcnow
+
+PUBLIC = "public"
+PRIVATE = "private"
+CHAT = "chat"
+SCOPES = (PRIVATE, CHAT, PUBLIC)
+
+
+@dataclass(slots=True)
+class RetrievedMemory:
+    memory: Memory
+    scope: str
+    score: float
+
+    def as_item(self) -> dict[str, Any]:
+        m = self.memory
+        item: dict[str, Any] = {
+            "id": m.id,
+            "content": m.content,
+            "type": self.scope,
+            "relevance_score": round(self.score, 4),
+            "created_at": m.created_at.isoformat() if m.created_at else None,
+        }
+        if self.scope == PUBLIC:
+            item.update(title=m.title, category=m.category, question=m.question)
+        return item
+
+
+def _log(db: AsyncSession, memory: Memory) -> None:
+    db.add(MemoryChange(memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow()))
+
+
+async def add(
+    db: AsyncSession,
+    *,
+    scope: str,
+    owner_id: str,
+    content: str,
+    title: str = "",
+    category: str = "",
+    question: str = "",
+    similar_questions: list[str] | None = None,
+    external_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Memory:
+    now = utcnow()
+    row = Memory(
+        scope=scope,
+        owner_id=owner_id,
+        external_id=external_id,
+        title=title,
+        category=category,
+        question=question,
+        similar_questions=similar_questions or [],
+        content=content,
+        meta=meta or {},
+        created_at=now,
+        updated_at=now,
+    )
+    db.add(row)
+    await db.flush()
+    _log(db, row)
+    return row
+
+
+async def touch(db: AsyncSession, memory: Memory) -> None:
+    """Record that an existing row was changed (call after mutating it)."""
+    memory.updated_at = utcnow()
+    await db.flush()
+    _log(db, memory)
+
+
+async def remove(db: AsyncSession, memory: Memory) -> None:
+    ref = MemoryChange(memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow())
+    await db.delete(memory)
+    db.add(ref)
+    await db.flush()
+
+
+async def get(db: AsyncSession, memory_id: int, *, scope: str, owner_id: str) -> Memory | None:
+    query = select(Memory).where(Memory.id == memory_id, Memory.scope == scope, Memory.owner_id == owner_id)
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def get_many(db: AsyncSession, ids: Sequence[int]) -> dict[int, Memory]:
+    if not ids:
+        return {}
+    rows = (await db.execute(select(Memory).where(Memory.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def external_ids(db: AsyncSession, *, scope: str, owner_id: str) -> set[str]:
+    query = select(Memory.external_id).where(
+        Memory.scope == scope, Memory.owner_id == owner_id, Memory.external_id.is_not(None)
+    )
+    return {value for value in (await db.execute(query)).scalars() if value is not None}
+
+
+async def list_for_owner(
+    db: AsyncSession, *, scope: str, owner_id: str, after_id: int = 0, limit: int | None = None
+) -> list[Memory]:
+    query = (
+        select(Memory)
+        .where(Memory.scope == scope, Memory.owner_id == owner_id, Memory.id > after_id)
+        .order_by(Memory.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list((await db.execute(query)).scalars())
+
+
+async def trim(db: AsyncSession, *, scope: str, owner_id: str, keep: int) -> list[Memory]:
+    """Delete all but the newest `keep` items of one owner's scope; returns the deleted rows."""
+    stale = list(
+        (
+            await db.execute(
+                select(Memory)
+                .where(Memory.scope == scope, Memory.owner_id == owner_id)
+                .order_by(Memory.id.desc())
+                .offset(keep)
+            )
+        ).scalars()
+    )
+    for row in stale:
+        await remove(db, row)
+    return stale
+
+
+async def by_external_ids(db: AsyncSession, ext_ids: Sequence[str], *, scope: str, owner_id: str) -> dict[str, Memory]:
+    found: dict[str, Memory] = {}
+    for start in range(0, len(ext_ids), 500):
+        chunk = list(ext_ids[start : start + 500])
+        query = select(Memory).where(
+            Memory.scope == scope, Memory.owner_id == owner_id, Memory.external_id.in_(chunk)
+        )
+        found.update({r.external_id: r for r in (await db.execute(query)).scalars() if r.external_id})
+    return found
+
+
+async def changes_since(
+    db: AsyncSession, seq: int, *, also: Sequence[int] = (), limit: int = 5000
+) -> list[MemoryChange]:
+    """Changes after `seq`, plus the listed earlier ones (gaps a slower transaction may since have filled)."""
+    condition = MemoryChange.seq > seq
+    if also:
+        condition = or_(condition, MemoryChange.seq.in_(list(also)))
+    query = select(MemoryChange).where(condition).order_by(MemoryChange.seq).limit(limit)
+    return list((await db.execute(query)).scalars())
+
+
+async def last_change(db: AsyncSession) -> int:
+    return (await db.execute(select(func.coalesce(func.max(MemoryChange.seq), 0)))).scalar_one()
+
+
+async def count(db: AsyncSession, *, scope: str | None = None) -> int:
+    query = select(func.count(Memory.id))
+    if scope is not None:
+        query = query.where(Memory.scope == scope)
+    return (await db.execute(query)).scalar_one()
+
+
+async def delete_all(db: AsyncSession, *, scope: str, owner_id: str) -> None:
+    await db.execute(delete(Memory).where(Memory.scope == scope, Memory.owner_id == owner_id))

@@ -1,0 +1,1 @@
+"""Answer producers behind one interface (see base.Engine)."""

@@ -1,0 +1,137 @@
+"""The knowledge-base responder: an offline FAQ bot, the default engine and the LLM's fallback.
+
+It reads what retrieval found in all three scopes. A confident knowledge-base hit is answered
+with that entry's answer; a confident hit in the customer's own memories is answered from it;
+otherwise it apologises, offers up to three close questions, and offers a human agent.
+Greetings, thanks, goodbyes and requests for a person get a fitting reply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+
+from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
+from ..schemas.events import DeltaEvent, HandoffEvent, SourcesEvent
+from .base import EngineEvent, TurnContext
+
+_PUNCT = re.compile(r"[\s，。！？、,.!?~～…:：;；'\"“”‘’()（）\[\]【】]+")
+_GREETING = re.compile(
+    r"^(?:(?:你好|您好|你们好|hi|hello|hey|哈喽|嗨|早上好|上午好|中午好|下午好|晚上好|在吗|在不在|在么|有人吗|客服)"
+    r"[呀啊哈哦吖呢]?)+$"
+)
+_THANKS = re.compile(r"(?:谢谢|多谢|感谢|谢啦|thx|thanks|thank you)")
+_BYE = re.compile(r"^(?:再见|拜拜|bye|byebye|88|没有了|没事了|好的?谢谢再见)[呀啊哈哦了]?$")
+_HUMAN = re.compile(r"(?:转人工|人工客服|人工服务|找人工|要人工|真人|接人工|人工坐席|客服专员|人工)")
+# A sentence with its closing punctuation and line breaks, or a clause up to a full-width comma.
+_PIECE = re.compile(r"[^。！？!?；;\n，]*(?:[。！？!?；;]+\n*|\n+|，|$)")
+_MIN_CLAUSE = 8
+
+HANDOFF_MESSAGE = (
+    "好的，正在为您转接人工客服，请稍候。人工客服的服务时间为每天 9:00-21:00；"
+    "非服务时间您可以先留言，客服上班后会第一时间联系您。"
+)
+
+
+def pieces(text: str) -> Iterator[str]:
+    """Split an answer into the pieces a person would type: sentences, long clauses."""
+    pending = ""
+    for match in _PIECE.finditer(text):
+        pending += match.group()
+        # A short clause is held back and sent with what follows it.
+        if pending and (not pending.endswith("，") or len(pending) >= _MIN_CLAUSE):
+            yield pending
+            pending = ""
+    if pending:
+        yield pending
+
+
+class KnowledgeBaseResponder:
+    """Answers from retrieved memories alone; needs no network."""
+
+    name = "knowledge_base"
+
+    def __init__(self, *, threshold: float, company: str) -> None:
+        self.threshold = threshold
+        self.company = company
+
+    def intent(self, text: str) -> str | None:
+        plain = _PUNCT.sub("", text.lower())
+        if not plain:
+            return None
+        if _HUMAN.search(plain) and len(plain) <= 20:
+            return "handoff"
+        if _GREETING.fullmatch(plain):
+            return "greeting"
+        if _BYE.fullmatch(plain):
+            return "bye"
+        if _THANKS.search(plain) and len(plain) <= 12:
+            return "thanks"
+        return None
+
+    async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
+        intent = self.intent(turn.text)
+        if intent == "handoff":
+            yield HandoffEvent(message=HANDOFF_MESSAGE)
+            for piece in pieces(HANDOFF_MESSAGE):
+                yield DeltaEvent(text=piece)
+            return
+        if intent is not None:
+            for piece in pieces(self._small_talk(intent)):
+                yield DeltaEvent(text=piece)
+            return
+
+        answer, used = self.compose(turn.memories)
+        if used:
+            yield SourcesEvent(sources=[hit.as_item() for hit in used])
+        for piece in pieces(answer):
+            yield DeltaEvent(text=piece)
+
+    def compose(self, memories: list[RetrievedMemory]) -> tuple[str, list[RetrievedMemory]]:
+        """The answer text and the memories it was built from."""
+        best: dict[str, RetrievedMemory] = {}
+        for hit in memories:
+            if hit.scope not in best or hit.score > best[hit.scope].score:
+                best[hit.scope] = hit
+        # The knowledge base is the authority on policy; the customer's own memories come next.
+        for scope in (PUBLIC, PRIVATE, CHAT):
+            hit = best.get(scope)
+            if hit is not None and hit.score >= self.threshold and hit.memory.meta.get("grounded", True):
+                return self._answer_from(hit), [hit]
+        return self._no_match(memories), []
+
+    def _answer_from(self, hit: RetrievedMemory) -> str:
+        memory = hit.memory
+        if hit.scope == PUBLIC:
+            return memory.content
+        if hit.scope == PRIVATE:
+            return f"根据您之前留下的信息：{memory.content}\n如果信息有变化，请告诉我，我帮您更新。"
+        answer = memory.content.split("客服：", 1)[-1]
+        return f"您之前咨询过类似的问题，当时的答复是：\n{answer}"
+
+    def _no_match(self, memories: list[RetrievedMemory]) -> str:
+        seen: set[str] = set()
+        suggestions: list[str] = []
+        floor = self.threshold * 0.4
+        for hit in memories:
+            question = hit.memory.question or hit.memory.title
+            if hit.scope != PUBLIC or hit.score < floor or not question or question in seen:
+                continue
+            seen.add(question)
+            suggestions.append(question)
+            if len(suggestions) == 3:
+                break
+        text = "抱歉，我暂时没有找到与您的问题完全匹配的答案。"
+        if suggestions:
+            text += "您是不是想问：\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(suggestions, 1)) + "\n"
+        return text + "您可以换个说法再问我，或者回复“转人工”，由人工客服为您处理。"
+
+    def _small_talk(self, intent: str) -> str:
+        if intent == "greeting":
+            return (
+                f"您好！我是{self.company}的智能客服，很高兴为您服务。"
+                "您可以咨询退换货、退款、物流、支付、发票、会员积分等问题，请问有什么可以帮您？"
+            )
+        if intent == "thanks":
+            return "不客气！很高兴能帮到您。如果还有其他问题，随时可以问我哦。"
+        return "感谢您的咨询，祝您生活愉快，再见！"

@@ -1,0 +1,198 @@
+"""Text normalisation and tokenisation for FAQ retrieval.
+
+Contract:
+- ``normalize(text)`` returns the canonical form used for both indexing and querying: NFKC
+  (full width -> half width), control/format characters removed, traditional -> simplified,
+  lower case, a few colloquial variants mapped to one spelling (咋么 -> 怎么, 可否 -> 可以 ...),
+  greetings / politeness fillers / sentence-final particles stripped (你好, 请问, 吗, 呢, 啊 ...),
+  whitespace collapsed. It never returns an empty string for a non-blank input that had any
+  letters or digits: if stripping fillers would leave nothing, the unstripped form is kept.
+- ``tokenize(normalized)`` returns the index terms of a normalised text as a list (with
+  repeats): jieba words of 2+ characters prefixed ``w``, single characters / alphanumeric runs
+  prefixed ``c`` and adjacent-character bigrams prefixed ``b``. The prefixes keep the three
+  signals apart so they can be weighted separately and so a bigram never collides with a word.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+USER_DICT_PATH = Path(__file__).with_name("user_dict.txt")
+
+WORD, CHAR, BIGRAM = "w", "c", "b"
+
+_lock = threading.Lock()
+_jieba: Any = None
+_opencc: Any = None
+
+
+def get_jieba() -> Any:
+    """Process-wide jieba tokenizer, created on first use with the user dictionary loaded.
+
+    A private ``jieba.Tokenizer`` (not the global one) so the app's other jieba users are not
+    affected by our dictionary; jieba's logger is set to WARNING so loading is quiet.
+    """
+    global _jieba
+    if _jieba is None:
+        with _lock:
+            if _jieba is None:
+                import jieba
+
+                logging.getLogger("jieba").setLevel(logging.WARNING)
+                jieba.setLogLevel(logging.WARNING)
+                tok = jieba.Tokenizer()
+                tok.initialize()
+                tok.load_userdict(str(USER_DICT_PATH))
+                _jieba = tok
+    return _jieba
+
+
+def _get_opencc() -> Any:
+    global _opencc
+    if _opencc is None:
+        with _lock:
+            if _opencc is None:
+                import opencc
+
+                _opencc = opencc.OpenCC("t2s")
+    return _opencc
+
+
+# Colloquial / variant spellings -> one canonical spelling. General Chinese usage, written by
+# hand (not derived from any evaluation data). Applied longest-first on the normalised text, so
+# both the KB wording and the customer's wording end up in the same form.
+VARIANTS: dict[str, str] = {
+    # "how"
+    "咋么": "怎么", "怎么样": "怎么", "怎样": "怎么", "如何": "怎么", "咋样": "怎么",
+    "咋": "怎么", "肿么": "怎么", "怎摸": "怎么", "怎莫": "怎么",
+    # "why"
+    "为啥": "为什么", "为何": "为什么", "干嘛": "为什么", "干吗": "为什么", "咋回事": "为什么",
+    "怎么回事": "为什么",
+    # "what"
+    "啥": "什么", "神马": "什么", "什麽": "什么",
+    # "can / may"
+    "可不可以": "可以", "能不能": "可以", "能否": "可以", "可否": "可以", "是否可以": "可以",
+    "是否能": "可以", "可以不可以": "可以", "行不行": "可以", "能够": "可以",
+    # "how long"
+    "多长时间": "多久", "多少时间": "多久", "多长期限": "多久", "要多久": "多久",
+    # "where"
+    "哪儿": "哪里", "哪边": "哪里",
+    # "not have"
+    "木有": "没有", "没得": "没有",
+    # pronouns
+    "您": "你", "俺": "我",
+    # common variant characters / typos in customer-service text
+    "帐": "账", "登陆": "登录", "手机号码": "手机号", "电话号码": "手机号",
+    "撤销": "取消", "撤消": "取消",
+    "更换": "修改", "更改": "修改", "变更": "修改",
+    "退钱": "退款", "付钱": "付款",
+}
+_VARIANT_RE = re.compile("|".join(sorted(map(re.escape, VARIANTS), key=len, reverse=True)))
+
+# Greetings / politeness openers stripped at the start of a text (repeatedly).
+_LEADING_FILLERS = [
+    "你好", "你们好", "hello", "hi", "哈喽", "嗨", "亲爱的", "亲", "在吗", "在不在", "喂",
+    "请问一下", "请问下", "请问", "我想问一下", "我想问下", "想问一下", "想问下", "问一下",
+    "问下", "咨询一下", "咨询下", "我想咨询一下", "我想咨询", "麻烦问一下", "麻烦问下",
+    "麻烦你", "麻烦", "打扰一下", "打扰了", "客服你好", "那个", "就是",
+]
+_LEADING_RE = re.compile(
+    r"^(?:" + "|".join(sorted(map(re.escape, _LEADING_FILLERS), key=len, reverse=True)) + r")[\s,.!?~、]*"
+)
+# Thanks / politeness anywhere.
+_ANYWHERE_RE = re.compile(r"谢谢你们|谢谢你|谢谢|多谢|谢了|感谢|请问")
+# Sentence-final / interjection particles: removed where they end a clause (before punctuation,
+# space or the end), so 吧台 / 吗啡 keep their characters. 额 is NOT here (额度).
+_PARTICLE_RE = re.compile(r"[吗嘛呢啊呀吧哦噢嗯啦哈哇呐咯哟喔]+(?=[\s,.!?~:;、\"'()\[\]]|$)")
+# List numbering / junk that customers paste in front: "1.", "12:", "#", "'", "%" ...
+_LEADING_JUNK_RE = re.compile(r"^(?:\s*\d{1,2}\s*[.、:)](?!\d)|[\s\W_])+")
+_WS_RE = re.compile(r"\s+")
+
+
+def _strip_controls(text: str) -> str:
+    # Cc (control) and Cf (format, e.g. zero-width space) become spaces: they often separate words.
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
+
+
+def _strip_fillers(text: str) -> str:
+    prev = None
+    while prev != text:
+        prev = text
+        text = _LEADING_JUNK_RE.sub("", text)
+        text = _LEADING_RE.sub("", text)
+    text = _ANYWHERE_RE.sub(" ", text)
+    text = _PARTICLE_RE.sub("", text)
+    return text
+
+
+@lru_cache(maxsize=65536)
+def normalize(text: str) -> str:
+    """Canonical form of ``text`` for indexing and querying (see module docstring)."""
+    if not text:
+        return ""
+    text = unicodedata.normalize("NFKC", text)
+    text = _strip_controls(text)
+    text = _get_opencc().convert(text)
+    text = text.lower()
+    text = _VARIANT_RE.sub(lambda m: VARIANTS[m.group(0)], text)
+    base = _WS_RE.sub(" ", text).strip()
+    stripped = _WS_RE.sub(" ", _strip_fillers(base)).strip()
+    # Keep something matchable: a text that was only a greeting ("你好") stays as it was.
+    return stripped if _has_content(stripped) else base
+
+
+def _has_content(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FFFF
+
+
+_UNIT_RE = re.compile(r"[a-z0-9]+|[^\W\d_a-z]", re.UNICODE)
+
+
+def char_units(text: str) -> list[list[str]]:
+    """Runs of character units: each CJK character or alphanumeric run is a unit; any other
+    character (punctuation, space) ends a run, so bigrams never span a clause boundary."""
+    runs: list[list[str]] = []
+    cur: list[str] = []
+    pos = 0
+    for m in _UNIT_RE.finditer(text):
+        if m.start() != pos and cur:
+            runs.append(cur)
+            cur = []
+        cur.append(m.group(0))
+        pos = m.end()
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def words(text: str) -> list[str]:
+    """jieba words (precise mode) of a normalised text, punctuation/space dropped."""
+    return [w for w in get_jieba().lcut(text) if w.strip() and _has_content(w)]
+
+
+@lru_cache(maxsize=65536)
+def _tokenize_cached(text: str) -> tuple[str, ...]:
+    terms: list[str] = []
+    for w in words(text):
+        if len(w) >= 2 and not w.isascii():
+            terms.append(WORD + w)
+    for run in char_units(text):
+        terms.extend(CHAR + u for u in run)
+        terms.extend(BIGRAM + a + b for a, b in zip(run, run[1:]))
+    return tuple(terms)
+
+
+def tokenize(normalized: str) -> list[str]:
+    """Index terms (with repeats) of an already normalised text; see module docstring."""
+    return list(_tokenize_cached(normalized))
