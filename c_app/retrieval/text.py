@@ -48,7 +48,8 @@ def get_jieba() -> Any:
                 jieba.setLogLevel(logging.WARNING)
                 tok = jieba.Tokenizer()
                 tok.initialize()
-                tok.load_userdict(str(USER_DICT_PATH))
+                with USER_DICT_PATH.open("rb") as handle:  # jieba leaves a path's file open
+                    tok.load_userdict(handle)
                 _jieba = tok
     return _jieba
 

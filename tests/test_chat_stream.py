@@ -1,0 +1,183 @@
+"""POST /api/v1/chat/stream on the embedded default (knowledge-base responder)."""
+
+from __future__ import annotations
+
+import json
+
+from c_app.db.models import ChatSession, Memory, Message
+
+from .utils import answer_text, chat_body, count, rows, sse_data
+
+STREAM = "/api/v1/chat/stream"
+
+
+async def kb_entry(app, question: str) -> Memory:
+    [entry] = await rows(app, Memory, Memory.scope == "public", Memory.question == question)
+    return entry
+
+
+async def test_seed_example_streams_into_a_new_session(app, client):
+    response = await client.post(STREAM, json=chat_body("我想了解退货政策"))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert "access-control-allow-origin" not in response.headers
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]" and len(data) >= 3
+    assert all("\n" not in d for d in data)
+    [session] = await rows(app, ChatSession, ChatSession.id == "session456")
+    assert session.user_id == "user123"
+    assert session.message_count == 2
+    stored = await rows(app, Message, Message.session_id == "session456")
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[0].content == "我想了解退货政策"
+    assert stored[1].content == answer_text(response.text)
+    assert stored[1].engine == "knowledge_base" and stored[1].status == "complete"
+
+
+async def test_confident_match_streams_the_entry_answer_in_pieces(app, client):
+    entry = await kb_entry(app, "买东西怎么开发票？")
+    response = await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+
+    data = sse_data(response.text)
+    assert len(data) > 3, "the answer arrives in several pieces"
+    assert answer_text(response.text) == entry.content
+    [answer] = await rows(app, Message, Message.role == "assistant")
+    assert answer.sources and answer.sources[0]["id"] == entry.id
+    assert "\\n" in response.text  # the answer's line breaks are escaped on the wire
+
+
+async def test_similar_question_finds_the_entry(app, client):
+    entry = await kb_entry(app, "买东西怎么开发票？")
+    question = entry.similar_questions[0]
+    response = await client.post(STREAM, json=chat_body(question))
+    assert answer_text(response.text) == entry.content
+
+
+async def test_no_match_apologises_suggests_and_offers_a_person(client):
+    response = await client.post(STREAM, json=chat_body("火星上今天下雨了吗量子力学"))
+    text = answer_text(response.text)
+    assert text.startswith("抱歉")
+    assert "转人工" in text
+
+
+async def test_no_match_offers_up_to_three_close_questions(app, client):
+    response = await client.post(STREAM, json=chat_body("发票抬头"))
+    text = answer_text(response.text)
+    if text.startswith("抱歉"):
+        assert "您是不是想问" in text
+        listed = [line for line in text.splitlines() if line[:2] in {"1.", "2.", "3.", "4."}]
+        assert 1 <= len(listed) <= 3
+
+
+async def test_greeting_thanks_and_goodbye(client):
+    greeting = answer_text((await client.post(STREAM, json=chat_body("你好"))).text)
+    assert "您好" in greeting and "示例商城" in greeting
+    thanks = answer_text((await client.post(STREAM, json=chat_body("谢谢！"))).text)
+    assert thanks.startswith("不客气")
+    bye = answer_text((await client.post(STREAM, json=chat_body("再见"))).text)
+    assert "再见" in bye
+
+
+async def test_asking_for_a_person_marks_the_session(app, client):
+    response = await client.post(STREAM, json=chat_body("转人工"))
+    assert "人工客服" in answer_text(response.text)
+    [session] = await rows(app, ChatSession, ChatSession.id == "session456")
+    assert session.status == "waiting_human"
+
+
+async def test_each_exchange_goes_to_chat_memory(app, client):
+    await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+    [memory] = await rows(app, Memory, Memory.scope == "chat", Memory.owner_id == "user123")
+    assert memory.question == "买东西怎么开发票？"
+    assert memory.content.startswith("用户：买东西怎么开发票？\n客服：")
+
+
+async def test_chat_memory_is_bounded(start_app):
+    app, client = await start_app(chat_memory_limit=2)
+    for text in ("你好", "买东西怎么开发票？", "谢谢"):
+        await client.post(STREAM, json=chat_body(text))
+    kept = await rows(app, Memory, Memory.scope == "chat", Memory.owner_id == "user123")
+    assert [m.question for m in kept] == ["买东西怎么开发票？", "谢谢"]
+
+
+async def test_private_memory_answers_a_question_about_the_customer(client):
+    added = await client.post(
+        "/api/v1/chat/memory/add", json={"user_id": "user123", "content": "我的会员卡号是 VIP-20391，绑定手机尾号 8848"}
+    )
+    assert added.status_code == 200
+    text = answer_text((await client.post(STREAM, json=chat_body("我的会员卡号是多少"))).text)
+    assert "VIP-20391" in text
+    other = answer_text((await client.post(STREAM, json=chat_body("我的会员卡号是多少", user_id="u2", session_id="s2"))).text)
+    assert "VIP-20391" not in other
+
+
+async def test_another_users_session_is_refused(app, client):
+    created = await client.post("/api/v1/chat/session/create", json={"user_id": "alice"})
+    session_id = created.json()["session_id"]
+    response = await client.post(STREAM, json=chat_body("你好", user_id="mallory", session_id=session_id))
+    assert response.status_code == 403
+    assert response.json()["success"] is False
+    assert await count(app, Message) == 0
+
+
+async def test_multimodal_content_is_stored(app, client):
+    parts = [
+        {"type": "text", "text": "这个商品坏了，能换货吗"},
+        {"type": "image_url", "image_url": {"url": "/static/uploads/" + "a" * 32 + ".png"}},
+    ]
+    response = await client.post(STREAM, json=chat_body(parts))
+    assert response.status_code == 200
+    assert sse_data(response.text)[-1] == "[DONE]"
+    [question] = await rows(app, Message, Message.role == "user")
+    assert question.content == "这个商品坏了，能换货吗"
+    assert question.parts == parts
+
+
+async def test_bad_messages_are_refused_and_store_nothing(app, client):
+    cases = [
+        (chat_body(""), 400, "消息内容不能为空"),
+        (chat_body([]), 400, "消息内容不能为空"),
+        (chat_body([{"text": "no type"}]), 400, "多模态消息格式错误"),
+        (chat_body(["plain string part"]), 400, "多模态消息格式错误"),
+        (chat_body([{"type": "video", "url": "x"}]), 400, "多模态消息格式错误"),
+        (chat_body("你好", user_id=""), 400, "用户ID不能为空"),
+        (chat_body("你好", session_id=""), 400, "会话ID不能为空"),
+        (chat_body("长" * 5000), 400, None),
+        (chat_body("你好", session_id="s" * 200), 422, None),
+        ({"user_id": "u", "session_id": "s", "message": {"role": "system", "content": "x"}}, 422, None),
+    ]
+    for body, status, message in cases:
+        response = await client.post(STREAM, json=body)
+        assert response.status_code == status, body
+        payload = response.json()
+        assert payload["success"] is False and payload["error"]["code"] == status
+        if message:
+            assert payload["error"]["message"] == message
+    assert await count(app, Message) == 0
+    assert await count(app, ChatSession) == 0
+
+
+async def test_error_frame_is_json_and_followed_by_done(app, client):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("internal detail that must not leak")
+
+    app.state.services.chat.memory.search = broken
+    response = await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]"
+    error = json.loads(data[-2])
+    assert error == {"error": "处理聊天请求时发生错误，请稍后重试"}
+    assert "internal detail" not in response.text
+    # The question was stored before the failure, and survives it.
+    assert [m.role for m in await rows(app, Message)] == ["user"]
+
+
+async def test_message_count_and_activity_move(app, client):
+    await client.post(STREAM, json=chat_body("你好"))
+    first = (await client.get("/api/v1/chat/session/session456")).json()
+    await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+    second = (await client.get("/api/v1/chat/session/session456")).json()
+    assert first["message_count"] == 2 and second["message_count"] == 4
+    assert second["last_activity"] > first["last_activity"]
+    assert second["title"] == "你好"

@@ -1,0 +1,80 @@
+"""Session routes: create, get, list (one query, newest activity first)."""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+
+from .utils import chat_body
+
+
+async def test_create_and_get(client):
+    response = await client.post(
+        "/api/v1/chat/session/create", json={"user_id": "user123", "title": "退货咨询", "description": "d"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"session_id", "user_id", "title", "created_at", "message_count", "last_activity"}
+    assert body["session_id"].startswith("session_user123_")
+    assert body["title"] == "退货咨询" and body["message_count"] == 0
+    fetched = await client.get(f"/api/v1/chat/session/{body['session_id']}")
+    assert fetched.status_code == 200
+    assert fetched.json()["session_id"] == body["session_id"]
+    assert fetched.json()["created_at"] == body["created_at"]
+
+
+async def test_default_title(client):
+    body = (await client.post("/api/v1/chat/session/create", json={"user_id": "u"})).json()
+    assert body["title"] == "新对话"
+
+
+async def test_missing_session_is_404(client):
+    response = await client.get("/api/v1/chat/session/does-not-exist")
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "会话不存在"
+
+
+async def test_list_newest_activity_first_with_paging(client):
+    ids = []
+    for title in ("a", "b", "c"):
+        ids.append((await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": title})).json()["session_id"])
+    await client.post("/api/v1/chat/session/create", json={"user_id": "u2"})
+    # Talking in the oldest session makes it the most recent.
+    await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id="u1", session_id=ids[0]))
+
+    listed = (await client.get("/api/v1/chat/sessions/u1")).json()
+    assert [s["session_id"] for s in listed] == [ids[0], ids[2], ids[1]]
+    assert listed[0]["message_count"] == 2
+    page = (await client.get("/api/v1/chat/sessions/u1", params={"limit": 1, "offset": 1})).json()
+    assert [s["session_id"] for s in page] == [ids[2]]
+    assert (await client.get("/api/v1/chat/sessions/nobody")).json() == []
+
+
+async def test_list_bounds(client):
+    for params, message in (
+        ({"limit": 0}, "限制数量必须在1-100之间"),
+        ({"limit": 101}, "限制数量必须在1-100之间"),
+        ({"offset": -1}, "偏移量不能为负数"),
+    ):
+        response = await client.get("/api/v1/chat/sessions/u1", params=params)
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == message
+    assert (await client.get("/api/v1/chat/sessions/u1", params={"limit": 100})).status_code == 200
+    assert (await client.get("/api/v1/chat/sessions/u1", params={"limit": "x"})).status_code == 422
+
+
+async def test_list_is_one_query_however_many_sessions(app, client):
+    for _ in range(12):
+        await client.post("/api/v1/chat/session/create", json={"user_id": "many"})
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    engine = app.state.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        listed = (await client.get("/api/v1/chat/sessions/many", params={"limit": 100})).json()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(listed) == 12
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
