@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 20
 
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # any body but an upload
     upload_dir: str = "./uploads"
     max_file_size: int = 10 * 1024 * 1024
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_CORS_ORIGINS))

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from . import __version__
 from .api import api_router
 from .api.deps import Services
+from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
 from .api.static import setup_static_files
@@ -80,6 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     setup_error_handlers(app)
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_request_bytes,
+        # A multipart body exceeds its file by the part headers; the file itself is held to MAX_FILE_SIZE.
+        per_path={"/api/v1/chat/upload-image": settings.max_file_size + 64 * 1024},
+    )
     setup_cors(app, settings)
     setup_static_files(app, settings.upload_dir)
     app.include_router(api_router, prefix="/api")

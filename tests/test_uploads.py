@@ -15,7 +15,9 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -136,7 +138,6 @@ async def assert_nothing_stored(app: FastAPI, before: list[str] | None = None) -
 async def raw_get(app: FastAPI, raw_path: bytes) -> tuple[int, bytes]:
     """GET a path exactly as written (httpx would normalise away `..`), straight through ASGI."""
     path, _, query = raw_path.partition(b"?")
-    from urllib.parse import unquote
 
     scope = {
         "type": "http",
@@ -161,7 +162,8 @@ async def raw_get(app: FastAPI, raw_path: bytes) -> tuple[int, bytes]:
         if not sent:
             sent = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        return {"type": "http.disconnect"}
+        await anyio.sleep_forever()  # the client stays until the response is complete
+        raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:
         messages.append(message)

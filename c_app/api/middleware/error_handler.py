@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,7 +59,8 @@ async def _app_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail
-    if not isinstance(detail, str) or detail == _phrase(exc.status_code):
+    # Framework errors carry English details ("Not Found", "Content Too Large"): say them in Chinese.
+    if not isinstance(detail, str) or detail.isascii():
         detail = _DEFAULT_MESSAGES.get(exc.status_code, "请求错误")
     return envelope(exc.status_code, detail, "HTTPException", headers=getattr(exc, "headers", None))
 
@@ -84,13 +84,6 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return envelope(500, "服务器内部错误", "InternalServerError")
-
-
-def _phrase(status_code: int) -> str:
-    try:
-        return HTTPStatus(status_code).phrase
-    except ValueError:
-        return ""
 
 
 def setup_error_handlers(app: FastAPI) -> None:
