@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from c_app.retrieval import LexicalIndex, Params, normalize  # noqa: E402
-from c_app.retrieval.text import BIGRAM, CHAR, WORD, tokenize  # noqa: E402
+from c_app.retrieval.text import BIGRAM, CHAR, PINYIN, WORD  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -42,7 +42,7 @@ def params_from(args: argparse.Namespace) -> Params:
         v = getattr(args, name)
         if v is not None:
             setattr(p, name, v)
-    for kind, name in ((WORD, "ww"), (CHAR, "wc"), (BIGRAM, "wb")):
+    for kind, name in ((WORD, "ww"), (CHAR, "wc"), (BIGRAM, "wb"), (PINYIN, "wp")):
         v = getattr(args, name)
         if v is not None:
             p.kind_weight[kind] = v
@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--ww", type=float, help="word weight")
     ap.add_argument("--wc", type=float, help="char weight")
     ap.add_argument("--wb", type=float, help="bigram weight")
+    ap.add_argument("--wp", type=float, help="pinyin-bigram weight")
     ap.add_argument("--misses", type=int, default=0, help="print the first N top-1 misses")
     args = ap.parse_args()
     params = params_from(args)

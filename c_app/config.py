@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CORS_ORIGINS = [
@@ -47,20 +47,31 @@ class Settings(BaseSettings):
     sample_kb_path: str | None = None
     chat_memory_limit: int = Field(default=200, ge=1)
     answer_threshold: float | None = None  # None: the retrieval library's measured default
+    # Answering from the customer's own memories ("根据您之前留下的信息") risks less than quoting a wrong
+    # policy, and a statement matches a question about it less closely, so its bar is lower.
+    memory_answer_threshold: float = Field(default=0.5, ge=0, le=1)
     index_refresh_interval: float = Field(default=0.25, ge=0)
     user_index_cache_size: int = Field(default=512, ge=1)
 
     # Chat.
     llm_model: str = "deepseek-chat"
     llm_base_url: str = "https://api.deepseek.com"
-    llm_api_key: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout: float = Field(default=30.0, gt=0)  # seconds to connect, and between streamed chunks
+    llm_max_retries: int = Field(default=1, ge=0)
+    llm_temperature: float = Field(default=0.3, ge=0, le=2)
+    llm_max_tokens: int = Field(default=1024, ge=16)
+    llm_history_tokens: int = Field(default=2000, ge=0)  # budget for past messages in the prompt
+    llm_max_tool_rounds: int = Field(default=3, ge=0)
+    llm_send_images: bool = True  # off for models without vision
+    image_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # remote image hosts allowed
     max_message_chars: int = Field(default=4000, ge=1)
     max_message_parts: int = Field(default=10, ge=1)
 
     auth_mode: Literal["none", "api_key", "jwt"] = "none"
     admin_token: str | None = None
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "image_url_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -7,7 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
+from openai import AsyncOpenAI
 from fastapi.responses import JSONResponse
 
 from . import __version__
@@ -19,7 +21,10 @@ from .api.middleware.error_handler import setup_error_handlers
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .db.engine import Database
+from .engines.base import Engine
+from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
+from .engines.llm_responder import LLMResponder
 from .services.chat_service import ChatService
 from .services.memory_service import MemoryService
 from .services.session_service import SessionService
@@ -40,15 +45,44 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+def build_engine(settings: Settings, memory: MemoryService) -> Engine:
+    """The knowledge-base responder, or the model with the knowledge base as its fallback."""
+    kb = KnowledgeBaseResponder(
+        threshold=memory.answer_threshold,
+        memory_threshold=settings.memory_answer_threshold,
+        company=settings.company_name,
+    )
+    if settings.llm_api_key is None:
+        return kb
+    client = AsyncOpenAI(
+        api_key=settings.llm_api_key.get_secret_value(),
+        base_url=settings.llm_base_url,
+        timeout=httpx.Timeout(settings.llm_timeout, connect=min(settings.llm_timeout, 10.0)),
+        max_retries=settings.llm_max_retries,
+    )
+    llm = LLMResponder(
+        client=client,
+        model=settings.llm_model,
+        company=settings.company_name,
+        history_budget=settings.llm_history_tokens,
+        max_tool_rounds=settings.llm_max_tool_rounds,
+        temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
+    )
+    return FallbackEngine(llm, kb)
+
+
 def build_services(settings: Settings, db: Database) -> Services:
     memory = MemoryService(db, settings)
     sessions = SessionService(db)
-    engine = KnowledgeBaseResponder(threshold=memory.answer_threshold, company=settings.company_name)
+    uploads = UploadService(db, settings)
+    engine = build_engine(settings, memory)
+    sends_images = settings.llm_api_key is not None and settings.llm_send_images
     return Services(
         sessions=sessions,
         memory=memory,
-        uploads=UploadService(db, settings),
-        chat=ChatService(db, settings, sessions, memory, engine),
+        uploads=uploads,
+        chat=ChatService(db, settings, sessions, memory, uploads, engine, sends_images=sends_images),
     )
 
 

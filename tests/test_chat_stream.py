@@ -6,7 +6,7 @@ import json
 
 from c_app.db.models import ChatSession, Memory, Message
 
-from .utils import answer_text, chat_body, count, rows, sse_data
+from .utils import answer_text, chat_body, count, rows, sse_data, upload_image
 
 STREAM = "/api/v1/chat/stream"
 
@@ -122,9 +122,10 @@ async def test_another_users_session_is_refused(app, client):
 
 
 async def test_multimodal_content_is_stored(app, client):
+    url = await upload_image(client)
     parts = [
         {"type": "text", "text": "这个商品坏了，能换货吗"},
-        {"type": "image_url", "image_url": {"url": "/static/uploads/" + "a" * 32 + ".png"}},
+        {"type": "image_url", "image_url": {"url": url}},
     ]
     response = await client.post(STREAM, json=chat_body(parts))
     assert response.status_code == 200
@@ -132,6 +133,21 @@ async def test_multimodal_content_is_stored(app, client):
     [question] = await rows(app, Message, Message.role == "user")
     assert question.content == "这个商品坏了，能换货吗"
     assert question.parts == parts
+
+
+async def test_images_must_be_the_users_own_uploads(app, client):
+    theirs = await upload_image(client, user_id="alice", session_id="alice-1")
+    for url, message in (
+        (theirs, "图片不存在或无权访问"),
+        ("/static/uploads/" + "a" * 32 + ".png", "图片不存在或无权访问"),
+        ("https://evil.example/x.png", "不支持的图片地址，请先上传图片"),
+        ("file:///etc/passwd", "不支持的图片地址，请先上传图片"),
+    ):
+        parts = [{"type": "text", "text": "看看这个"}, {"type": "image_url", "image_url": {"url": url}}]
+        response = await client.post(STREAM, json=chat_body(parts, user_id="bob", session_id="bob-1"))
+        assert response.status_code == 400, url
+        assert response.json()["error"]["message"] == message
+    assert await count(app, Message) == 0
 
 
 async def test_bad_messages_are_refused_and_store_nothing(app, client):

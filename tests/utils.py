@@ -37,3 +37,24 @@ async def count(app: FastAPI, model: Any, *where: Any) -> int:
 
 def chat_body(text: Any, *, user_id: str = "user123", session_id: str = "session456") -> dict[str, Any]:
     return {"user_id": user_id, "session_id": session_id, "message": {"role": "user", "content": text}}
+
+
+def png_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (10, 120, 200)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def upload_image(client: Any, *, user_id: str = "user123", session_id: str = "session456") -> str:
+    """Upload a small PNG as `user_id`; returns its /static/uploads/... URL."""
+    response = await client.post(
+        "/api/v1/chat/upload-image",
+        files={"file": ("photo.png", png_bytes(), "image/png")},
+        data={"user_id": user_id, "session_id": session_id},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["file_url"]

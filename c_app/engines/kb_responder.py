@@ -51,8 +51,9 @@ class KnowledgeBaseResponder:
 
     name = "knowledge_base"
 
-    def __init__(self, *, threshold: float, company: str) -> None:
+    def __init__(self, *, threshold: float, company: str, memory_threshold: float | None = None) -> None:
         self.threshold = threshold
+        self.memory_threshold = threshold if memory_threshold is None else memory_threshold
         self.company = company
 
     def intent(self, text: str) -> str | None:
@@ -96,7 +97,8 @@ class KnowledgeBaseResponder:
         # The knowledge base is the authority on policy; the customer's own memories come next.
         for scope in (PUBLIC, PRIVATE, CHAT):
             hit = best.get(scope)
-            if hit is not None and hit.score >= self.threshold and hit.memory.meta.get("grounded", True):
+            bar = self.threshold if scope == PUBLIC else self.memory_threshold
+            if hit is not None and hit.score >= bar and hit.memory.meta.get("grounded", True):
                 return self._answer_from(hit), [hit]
         return self._no_match(memories), []
 

@@ -18,14 +18,14 @@ import math
 import threading
 from collections import defaultdict
 
-from .text import BIGRAM, CHAR, WORD, get_jieba
+from .text import BIGRAM, CHAR, PINYIN, WORD, get_jieba, pinyin_bigrams
 
 # Typical number of terms of each kind in a short customer question; converts a per-token
 # probability p into the probability that a question contains the term: 1 - exp(-L * p).
-_TYPICAL_LEN = {WORD: 5.0, CHAR: 10.0, BIGRAM: 9.0}
+_TYPICAL_LEN = {WORD: 5.0, CHAR: 10.0, BIGRAM: 9.0, PINYIN: 9.0}
 # Probability for terms jieba's dictionary never shows (typos, cross-word bigrams, product
 # names). Not the vanishing "never seen" value: that would give every typo the highest IDF.
-_UNSEEN_DOC_PROB = {WORD: 3e-5, CHAR: 3e-5, BIGRAM: 3e-5}
+_UNSEEN_DOC_PROB = {WORD: 3e-5, CHAR: 3e-5, BIGRAM: 3e-5, PINYIN: 3e-5}
 
 _lock = threading.Lock()
 _probs: dict[str, float] | None = None
@@ -34,7 +34,7 @@ _probs: dict[str, float] | None = None
 def _build() -> dict[str, float]:
     tok = get_jieba()
     counts: dict[str, float] = defaultdict(float)
-    totals = {WORD: 0.0, CHAR: 0.0, BIGRAM: 0.0}
+    totals = {WORD: 0.0, CHAR: 0.0, BIGRAM: 0.0, PINYIN: 0.0}
     for word, freq in tok.FREQ.items():
         if freq <= 0:  # jieba stores every word prefix with frequency 0
             continue
@@ -48,6 +48,9 @@ def _build() -> dict[str, float]:
         for a, b in zip(word, word[1:]):
             counts[BIGRAM + a + b] += freq
         totals[BIGRAM] += freq * max(len(word) - 1, 0)
+        for pb in pinyin_bigrams(list(word)):
+            counts[pb] += freq
+            totals[PINYIN] += freq
     probs: dict[str, float] = {}
     for term, c in counts.items():
         kind = term[0]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import background
-from .text import BIGRAM, CHAR, WORD, normalize, tokenize
+from .text import BIGRAM, CHAR, PINYIN, WORD, normalize, tokenize
 
 
 @dataclass
@@ -43,8 +43,8 @@ class Params:
 
     k1: float = 1.2
     b: float = 0.75
-    kind_weight: dict[str, float] = field(default_factory=lambda: {WORD: 1.0, CHAR: 0.5, BIGRAM: 1.0})
-    fusion: float = 0.5  # share of the cosine in the final score (rest: normalised BM25)
+    kind_weight: dict[str, float] = field(default_factory=lambda: {WORD: 1.0, CHAR: 1.0, BIGRAM: 0.5, PINYIN: 0.5})
+    fusion: float = 0.0  # share of the cosine in the final score (rest: normalised BM25)
     prior_docs: float = 2000.0  # weight of the background IDF prior, in pseudo documents
     body_weight: float = 0.7
     candidates: int = 200

@@ -25,7 +25,7 @@ from typing import Any
 
 USER_DICT_PATH = Path(__file__).with_name("user_dict.txt")
 
-WORD, CHAR, BIGRAM = "w", "c", "b"
+WORD, CHAR, BIGRAM, PINYIN = "w", "c", "b", "p"
 
 _lock = threading.Lock()
 _jieba: Any = None
@@ -182,6 +182,43 @@ def words(text: str) -> list[str]:
     return [w for w in get_jieba().lcut(text) if w.strip() and _has_content(w)]
 
 
+_pinyin: dict[str, str] | None = None
+_TONE_STRIP = str.maketrans(
+    "āáǎàēéěèīíǐìōóǒòūúǔùǖǘǚǜüńňǹḿ", "aaaaeeeeiiiioooouuuuvvvvvnnnm"
+)
+
+
+def _get_pinyin() -> dict[str, str]:
+    """Character -> toneless pinyin of its first (most common) reading."""
+    global _pinyin
+    if _pinyin is None:
+        with _lock:
+            if _pinyin is None:
+                from pypinyin.pinyin_dict import pinyin_dict
+
+                _pinyin = {
+                    chr(cp): readings.split(",")[0].translate(_TONE_STRIP) for cp, readings in pinyin_dict.items()
+                }
+    return _pinyin
+
+
+def pinyin_bigrams(run: list[str]) -> list[str]:
+    """Toneless-pinyin bigrams of adjacent CJK characters: 微粒袋 / 微粒贷 share "li dai".
+
+    Why: customers type through pinyin IMEs, so the commonest typos are homophones (激请/邀请 no,
+    but 记息/计息, 借款/结款, 代/贷); the pinyin bigram matches where the character bigram fails.
+    """
+    py = _get_pinyin()
+    out: list[str] = []
+    prev: str | None = None
+    for u in run:
+        cur = py.get(u) if len(u) == 1 else None
+        if cur is not None and prev is not None:
+            out.append(PINYIN + prev + " " + cur)
+        prev = cur
+    return out
+
+
 @lru_cache(maxsize=65536)
 def _tokenize_cached(text: str) -> tuple[str, ...]:
     terms: list[str] = []
@@ -191,6 +228,7 @@ def _tokenize_cached(text: str) -> tuple[str, ...]:
     for run in char_units(text):
         terms.extend(CHAR + u for u in run)
         terms.extend(BIGRAM + a + b for a, b in zip(run, run[1:]))
+        terms.extend(pinyin_bigrams(run))
     return tuple(terms)
 
 

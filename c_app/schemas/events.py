@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 
 class DeltaEvent(BaseModel):
@@ -35,12 +35,13 @@ class ErrorEvent(BaseModel):
     message: str
 
 
-ChatEvent = DeltaEvent | SourcesEvent | HandoffEvent | DoneEvent | ErrorEvent
+class MetaEvent(BaseModel):
+    """Engine to chat service only (never sent to a client): how the answer was produced."""
 
-
-class EngineResult(BaseModel):
-    """What an engine reports about its answer once it is finished (stored with the message)."""
-
-    status: str = "complete"
+    type: Literal["meta"] = "meta"
+    engine: str | None = None
+    status: str | None = None  # e.g. "fallback" when the knowledge base answered for a failed model
     usage: dict[str, Any] | None = None
-    sources: list[dict[str, Any]] = Field(default_factory=list)
+
+
+ChatEvent = DeltaEvent | SourcesEvent | HandoffEvent | DoneEvent | ErrorEvent

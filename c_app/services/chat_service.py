@@ -8,11 +8,14 @@ stream start: `Turn.events()` retrieves, runs the engine, and stores the answer 
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -22,15 +25,18 @@ from ..db import sessions as sessions_repo
 from ..db.engine import Database
 from ..db.models import utcnow
 from ..engines.base import Engine, TurnContext
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..schemas.customer import ChatMessage
-from ..schemas.events import ChatEvent, DeltaEvent, DoneEvent, ErrorEvent, HandoffEvent, SourcesEvent
+from ..schemas.events import ChatEvent, DeltaEvent, DoneEvent, ErrorEvent, HandoffEvent, MetaEvent, SourcesEvent
 from .memory_service import MemoryService
 from .session_service import SessionService
+from .upload_service import UploadService
 
 logger = logging.getLogger(__name__)
 
 RETRIEVE_LIMIT = 5
+UPLOAD_PREFIX = "/static/uploads/"
+_DATA_URL = re.compile(r"^data:image/(?:png|jpeg|gif|webp|bmp);base64,[A-Za-z0-9+/=]+$")
 HISTORY_LIMIT = 20
 FAILURE_MESSAGE = "处理聊天请求时发生错误，请稍后重试"
 _PART_TYPES = {"text", "image_url", "image"}
@@ -68,6 +74,10 @@ def normalise_content(message: ChatMessage, settings: Settings) -> tuple[str, li
     return text, parts
 
 
+def image_urls(parts: list[dict[str, Any]] | None) -> list[str]:
+    return [p["image_url"]["url"] for p in parts or [] if p["type"] == "image_url"]
+
+
 def _image_url(item: dict[str, Any]) -> str | None:
     value = item.get("image_url", item.get("url"))
     if isinstance(value, dict):
@@ -91,10 +101,13 @@ class Turn:
     async def events(self) -> AsyncIterator[ChatEvent]:
         service = self.service
         engine = service.engine
+        engine_name = engine.name
         started = time.monotonic()
         answer: list[str] = []
         sources: list[dict[str, Any]] = []
+        usage: dict[str, Any] | None = None
         status = "interrupted"
+        finished_as = "complete"
         handoff = False
         try:
             memories = await service.memory.search(self.user_id, self.text, limit=RETRIEVE_LIMIT) if self.text else []
@@ -109,8 +122,16 @@ class Turn:
                 parts=self.parts,
                 memories=memories,
                 history=[m for m in history if m.id != self.message_id],
+                images=await service.images_for_model(self),
+                search=lambda query: service.memory.search(self.user_id, query, limit=RETRIEVE_LIMIT),
+                remember=self._remember,
             )
             async for event in engine.stream(context):
+                if isinstance(event, MetaEvent):
+                    engine_name = event.engine or engine_name
+                    finished_as = event.status or finished_as
+                    usage = event.usage or usage
+                    continue
                 if isinstance(event, DeltaEvent):
                     if not event.text:
                         continue
@@ -120,7 +141,7 @@ class Turn:
                 elif isinstance(event, HandoffEvent):
                     handoff = True
                 yield event
-            status = "complete"
+            status = finished_as
         except Exception:
             logger.exception("chat turn failed (session %s)", self.session_id)
             status = "partial" if answer else "failed"
@@ -133,27 +154,73 @@ class Turn:
                     self,
                     text="".join(answer),
                     status=status,
-                    engine=engine.name,
+                    engine=engine_name,
                     sources=sources,
+                    usage=usage,
                     handoff=handoff,
                     latency_ms=int((time.monotonic() - started) * 1000),
                 )
-        yield DoneEvent(message_id=message_id, engine=engine.name, status=status)
+        yield DoneEvent(message_id=message_id, engine=engine_name, status=status, usage=usage)
+
+    async def _remember(self, fact: str) -> int | None:
+        row = await self.service.memory.add_private(self.user_id, fact, {"source": "assistant"})
+        return row.id
 
 
 class ChatService:
     def __init__(
-        self, db: Database, settings: Settings, sessions: SessionService, memory: MemoryService, engine: Engine
+        self,
+        db: Database,
+        settings: Settings,
+        sessions: SessionService,
+        memory: MemoryService,
+        uploads: UploadService,
+        engine: Engine,
+        *,
+        sends_images: bool = False,
     ) -> None:
         self.db = db
         self.settings = settings
         self.sessions = sessions
         self.memory = memory
+        self.uploads = uploads
         self.engine = engine
+        self.sends_images = sends_images
+
+    async def _check_image(self, url: str, user_id: str) -> None:
+        """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
+        if url.startswith(UPLOAD_PREFIX):
+            try:
+                await self.uploads.get(url[len(UPLOAD_PREFIX) :], owner_id=user_id)
+            except NotFound:
+                raise BadRequest("图片不存在或无权访问") from None
+            return
+        if _DATA_URL.match(url):
+            return
+        parsed = urlsplit(url)
+        if parsed.scheme in ("http", "https") and parsed.hostname in self.settings.image_url_hosts:
+            return
+        raise BadRequest("不支持的图片地址，请先上传图片")
+
+    async def images_for_model(self, turn: Turn) -> list[str]:
+        """The turn's images as the model should receive them: our uploads become data URLs."""
+        if not self.sends_images:
+            return []
+        images: list[str] = []
+        for url in image_urls(turn.parts):
+            if url.startswith(UPLOAD_PREFIX):
+                row, path = await self.uploads.get(url[len(UPLOAD_PREFIX) :], owner_id=turn.user_id)
+                data = await anyio.Path(path).read_bytes()
+                images.append(f"data:{row.content_type};base64,{base64.b64encode(data).decode()}")
+            else:
+                images.append(url)
+        return images
 
     async def prepare(self, *, user_id: str, session_id: str, message: ChatMessage) -> Turn:
         """Check the message, make sure the session is the user's, and store the question."""
         text, parts = normalise_content(message, self.settings)
+        for url in image_urls(parts):
+            await self._check_image(url, user_id)
         await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
         now = utcnow()
         async with self.db.transaction() as db:
@@ -171,6 +238,7 @@ class ChatService:
         status: str,
         engine: str,
         sources: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
         handoff: bool,
         latency_ms: int,
     ) -> int | None:
@@ -188,12 +256,13 @@ class ChatService:
                     status=status,
                     engine=engine,
                     sources=sources or None,
+                    usage=usage,
                     latency_ms=latency_ms,
                 )
                 await sessions_repo.record_messages(db, turn.session_id, count=1, at=utcnow())
                 if handoff:
                     await sessions_repo.set_status(db, turn.session_id, "waiting_human")
-            if status == "complete" and turn.text and text:
+            if status in ("complete", "fallback") and turn.text and text:
                 await self.memory.add_exchange(
                     turn.user_id, turn.text, text, turn.session_id, grounded=bool(sources)
                 )

@@ -1,0 +1,256 @@
+"""The LLM responder: any OpenAI-compatible chat endpoint, through the official `openai` SDK.
+
+Contract with the chat service:
+- deltas are yielded the moment the model produces them;
+- a failure before the first delta (timeout, refused connection, 5xx, 429, any API error) raises
+  UpstreamUnavailable, so a FallbackEngine can let the knowledge base answer instead;
+- a failure after the first delta raises UpstreamBroken (the turn reports an error and keeps the
+  partial answer);
+- cancellation (the client left) closes the upstream HTTP response at once.
+Tools run in a bounded loop: search_knowledge, save_customer_fact, transfer_to_human.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+from openai import AsyncOpenAI
+
+from ..schemas.events import DeltaEvent, HandoffEvent, MetaEvent, SourcesEvent
+from .base import EngineEvent, TurnContext
+from .kb_responder import HANDOFF_MESSAGE
+from .prompt import build_messages, memory_ref
+
+logger = logging.getLogger(__name__)
+
+MIN_SOURCE_SCORE = 0.3
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search_knowledge",
+            "description": "用新的关键词检索公司知识库和该客户的记忆。",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "检索用的问题或关键词"}},
+                "required": ["query"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "save_customer_fact",
+            "description": "记下顾客明确说出的、关于其本人的稳定事实（如常用收货城市、会员等级、偏好）。",
+            "parameters": {
+                "type": "object",
+                "properties": {"fact": {"type": "string", "description": "一句话描述的事实"}},
+                "required": ["fact"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "transfer_to_human",
+            "description": "把对话转接给人工客服。",
+            "parameters": {
+                "type": "object",
+                "properties": {"reason": {"type": "string", "description": "转人工的原因"}},
+                "required": [],
+            },
+        },
+    },
+]
+
+
+class UpstreamUnavailable(Exception):
+    """The model failed before producing any answer text."""
+
+
+class UpstreamBroken(Exception):
+    """The model's stream broke after part of the answer was sent."""
+
+
+@dataclass
+class _ToolCall:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rounds: int = 0
+    tools: list[str] = field(default_factory=list)
+
+    def add(self, usage: Any) -> None:
+        self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+        self.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+
+
+class LLMResponder:
+    name = "llm"
+
+    def __init__(
+        self,
+        *,
+        client: AsyncOpenAI,
+        model: str,
+        company: str,
+        history_budget: int = 2000,
+        max_tool_rounds: int = 3,
+        temperature: float = 0.3,
+        max_tokens: int = 1024,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.company = company
+        self.history_budget = history_budget
+        self.max_tool_rounds = max_tool_rounds
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+
+    async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
+        messages = build_messages(
+            company=self.company,
+            memories=turn.memories,
+            history=turn.history,
+            history_budget=self.history_budget,
+            text=turn.text,
+            images=turn.images,
+        )
+        sources = [hit.as_item() for hit in turn.memories if hit.score >= MIN_SOURCE_SCORE]
+        if sources:
+            yield SourcesEvent(sources=sources)
+        usage = _Usage()
+        produced = False
+        for round_no in range(self.max_tool_rounds + 1):
+            calls: dict[int, _ToolCall] = {}
+            offer_tools = round_no < self.max_tool_rounds
+            async for delta in self._one_round(messages, usage, calls, offer_tools, produced):
+                produced = True
+                yield DeltaEvent(text=delta)
+            usage.rounds += 1
+            if not calls:
+                break
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in calls.values()
+                    ],
+                }
+            )
+            for call in calls.values():
+                usage.tools.append(call.name or "?")
+                result, events = await self._run_tool(call, turn)
+                for event in events:
+                    yield event
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        yield MetaEvent(
+            engine=self.name,
+            usage={
+                "model": self.model,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                "rounds": usage.rounds,
+                "tools": usage.tools,
+            },
+        )
+
+    async def _one_round(
+        self,
+        messages: list[dict[str, Any]],
+        usage: _Usage,
+        calls: dict[int, _ToolCall],
+        offer_tools: bool,
+        produced: bool,
+    ) -> AsyncIterator[str]:
+        extra: dict[str, Any] = {"tools": TOOLS} if offer_tools else {}
+        try:
+            stream = await self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                **extra,
+            )
+        except openai.APIStatusError as exc:
+            raise self._failure(produced, f"status {exc.status_code}") from None
+        except (openai.APIError, httpx.HTTPError) as exc:
+            raise self._failure(produced, type(exc).__name__) from None
+        sent = produced
+        try:
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage.add(chunk.usage)
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta
+                    if delta is None:
+                        continue
+                    for piece in delta.tool_calls or []:
+                        call = calls.setdefault(piece.index or 0, _ToolCall())
+                        call.id = piece.id or call.id
+                        if piece.function is not None:
+                            call.name = piece.function.name or call.name
+                            call.arguments += piece.function.arguments or ""
+                    if delta.content:
+                        sent = True
+                        yield delta.content
+        except (openai.APIError, httpx.HTTPError) as exc:
+            raise self._failure(sent, type(exc).__name__) from None
+
+    @staticmethod
+    def _failure(produced: bool, what: str) -> Exception:
+        # Only the kind of failure is logged: never the request, which carries the API key.
+        logger.warning("model request failed (%s) %s the first token", what, "after" if produced else "before")
+        return UpstreamBroken(what) if produced else UpstreamUnavailable(what)
+
+    async def _run_tool(self, call: _ToolCall, turn: TurnContext) -> tuple[str, list[EngineEvent]]:
+        """Run one tool call; malformed or unknown calls get an error result the model can read."""
+        try:
+            args = json.loads(call.arguments or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be an object")
+        except ValueError:
+            return json.dumps({"error": "参数不是合法的 JSON 对象"}, ensure_ascii=False), []
+        if call.name == "search_knowledge":
+            query = str(args.get("query", ""))[:500].strip()
+            if not query:
+                return json.dumps({"error": "query 不能为空"}, ensure_ascii=False), []
+            hits = await turn.search(query)
+            found = [
+                {"id": memory_ref(h), "type": h.scope, "score": round(h.score, 3), "content": h.memory.content}
+                | ({"question": h.memory.question} if h.memory.question else {})
+                for h in hits
+            ]
+            events: list[EngineEvent] = []
+            if hits:
+                events.append(SourcesEvent(sources=[h.as_item() for h in hits if h.score >= MIN_SOURCE_SCORE]))
+            return json.dumps({"results": found}, ensure_ascii=False), events
+        if call.name == "save_customer_fact":
+            fact = str(args.get("fact", ""))[:1000].strip()
+            if not fact:
+                return json.dumps({"error": "fact 不能为空"}, ensure_ascii=False), []
+            memory_id = await turn.remember(fact)
+            return json.dumps({"saved": memory_id is not None}, ensure_ascii=False), []
+        if call.name == "transfer_to_human":
+            return json.dumps({"transferred": True}, ensure_ascii=False), [HandoffEvent(message=HANDOFF_MESSAGE)]
+        return json.dumps({"error": f"未知的工具: {call.name[:64]}"}, ensure_ascii=False), []
