@@ -1,7 +1,7 @@
 """Tune / measure c_app.retrieval on a faq-eval file, or its speed and memory at scale.
 
     python bench/retrieval_tune.py ../shared/data/faq-eval/bq_valid_faq.json
-    python bench/retrieval_tune.py ../shared/data/faq-eval/bq_valid_faq.json --fusion 0.6 --k1 1.2
+    python bench/retrieval_tune.py ../shared/data/faq-eval/bq_valid_faq.json --k1 1.5 --wc 0.5
     python bench/retrieval_tune.py --scale 100000 ../shared/data/faq-eval/bq_valid_faq.json \
         ../shared/data/faq-eval/lcqmc_valid_faq.json
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from c_app.retrieval import LexicalIndex, Params, normalize  # noqa: E402
-from c_app.retrieval.text import BIGRAM, CHAR, PINYIN, WORD  # noqa: E402
+from c_app.retrieval import LexicalIndex, Params
+from c_app.retrieval.text import BIGRAM, CHAR, WORD
 
 
 def rss_mb() -> float:
@@ -38,11 +38,11 @@ def rss_mb() -> float:
 
 def params_from(args: argparse.Namespace) -> Params:
     p = Params()
-    for name in ("k1", "b", "fusion", "prior_docs", "body_weight", "candidates"):
+    for name in ("k1", "b", "prior_docs", "body_weight"):
         v = getattr(args, name)
         if v is not None:
             setattr(p, name, v)
-    for kind, name in ((WORD, "ww"), (CHAR, "wc"), (BIGRAM, "wb"), (PINYIN, "wp")):
+    for kind, name in ((WORD, "ww"), (CHAR, "wc"), (BIGRAM, "wb")):
         v = getattr(args, name)
         if v is not None:
             p.kind_weight[kind] = v
@@ -162,14 +162,11 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=0, help="build N entries and measure speed/memory")
     ap.add_argument("--k1", type=float)
     ap.add_argument("--b", type=float)
-    ap.add_argument("--fusion", type=float)
     ap.add_argument("--prior-docs", dest="prior_docs", type=float)
     ap.add_argument("--body-weight", dest="body_weight", type=float)
-    ap.add_argument("--candidates", type=int)
     ap.add_argument("--ww", type=float, help="word weight")
     ap.add_argument("--wc", type=float, help="char weight")
     ap.add_argument("--wb", type=float, help="bigram weight")
-    ap.add_argument("--wp", type=float, help="pinyin-bigram weight")
     ap.add_argument("--misses", type=int, default=0, help="print the first N top-1 misses")
     args = ap.parse_args()
     params = params_from(args)

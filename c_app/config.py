@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     auth_mode: Literal["none", "api_key", "jwt"] = "none"
     admin_token: str | None = None
 
+    # Knowledge-base management (admin API and `c-app`).
+    max_import_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # one uploaded import file
+    import_batch_size: int = Field(default=500, ge=1)  # entries written per transaction
+
     @field_validator("cors_origins", "image_url_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

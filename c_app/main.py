@@ -104,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             logger.info("stopping %s", settings.app_name)
+            close_engine = getattr(services.chat.engine, "aclose", None)
+            if close_engine is not None:
+                await close_engine()
             await db.dispose()
 
     app = FastAPI(

@@ -19,10 +19,6 @@ from c_app.db.models import ChatSession, Memory, MemoryChange, Message, Upload
 
 from .utils import chat_body, count
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <_io.FileIO name=.*user_dict.txt:pytest.PytestUnraisableExceptionWarning"
-)
-
 CHAT = "/api/v1/chat"
 CJK = re.compile(r"[\u4e00-\u9fff]")
 ALLOWED_ORIGIN = "http://localhost:3000"
@@ -67,7 +63,9 @@ def raising_client(app: FastAPI) -> httpx.AsyncClient:
 # --- framework errors ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/chat/unknown", "/nothing-here", "/api/v2/chat/stream"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/nope", "/api/v1/chat/unknown", "/nothing-here", "/api/v2/chat/stream"]
+)
 async def test_unknown_route_is_404(client: httpx.AsyncClient, path: str) -> None:
     body = assert_envelope(await client.get(path), 404, "请求的资源不存在", "HTTPException")
     assert "Not Found" not in body["error"]["message"]
@@ -83,7 +81,9 @@ async def test_unknown_route_is_404(client: httpx.AsyncClient, path: str) -> Non
         ("POST", f"{CHAT}/health", "GET"),
     ],
 )
-async def test_wrong_method_is_405(client: httpx.AsyncClient, method: str, path: str, allow: str | None) -> None:
+async def test_wrong_method_is_405(
+    client: httpx.AsyncClient, method: str, path: str, allow: str | None
+) -> None:
     response = await client.request(method, path)
     if allow is None:
         assert_envelope(response, 404, "会话不存在")
@@ -114,7 +114,10 @@ async def test_malformed_json_is_422(app: FastAPI, client: httpx.AsyncClient, co
         (f"{CHAT}/memory/add", {"user_id": "u1", "content": {"a": 1}}),
         (f"{CHAT}/memory/retrieve", {"user_id": "u1", "query": "退货", "limit": "many"}),
         (f"{CHAT}/stream", {"user_id": "u1", "session_id": "s1", "message": "hi"}),
-        (f"{CHAT}/stream", {"user_id": "u1", "session_id": "s1", "message": {"role": "system", "content": "hi"}}),
+        (
+            f"{CHAT}/stream",
+            {"user_id": "u1", "session_id": "s1", "message": {"role": "system", "content": "hi"}},
+        ),
     ],
 )
 async def test_wrong_types_are_422(app: FastAPI, client: httpx.AsyncClient, path: str, payload: Any) -> None:
@@ -127,7 +130,9 @@ async def test_wrong_types_are_422(app: FastAPI, client: httpx.AsyncClient, path
 
 
 async def test_wrong_query_type_is_422(client: httpx.AsyncClient) -> None:
-    assert_envelope(await client.get(f"{CHAT}/sessions/u1?limit=abc"), 422, "请求参数格式错误", "ValidationError")
+    assert_envelope(
+        await client.get(f"{CHAT}/sessions/u1?limit=abc"), 422, "请求参数格式错误", "ValidationError"
+    )
 
 
 async def test_validation_details_never_echo_the_submitted_value(client: httpx.AsyncClient) -> None:
@@ -244,11 +249,6 @@ async def test_seed_messages_and_nothing_written(
     assert await table_counts(app) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chat_service.normalise_content rejects blank text only when there are no parts: a list of "
-    "whitespace-only text parts passes (`parts` is non-empty), is stored as an empty user message and answered",
-)
 async def test_blank_text_parts_are_empty_message(app: FastAPI, client: httpx.AsyncClient) -> None:
     before = await table_counts(app)
     payload = chat_body([{"type": "text", "text": "   "}, {"type": "text", "text": "\n"}])
@@ -273,7 +273,9 @@ async def test_valid_requests_do_write(app: FastAPI, client: httpx.AsyncClient) 
 async def test_another_users_session_is_hidden_or_forbidden(client: httpx.AsyncClient) -> None:
     created = await client.post(f"{CHAT}/session/create", json={"user_id": "alice"})
     session_id = created.json()["session_id"]
-    response = await client.post(f"{CHAT}/stream", json=chat_body("你好", user_id="bob", session_id=session_id))
+    response = await client.post(
+        f"{CHAT}/stream", json=chat_body("你好", user_id="bob", session_id=session_id)
+    )
     assert_envelope(response, 403, "无权访问该会话", "HTTPException")
 
 
@@ -307,7 +309,9 @@ async def test_preflight_from_other_origin_gets_no_allow_origin(client: httpx.As
 @pytest.mark.parametrize(("origin", "expected"), [(ALLOWED_ORIGIN, ALLOWED_ORIGIN), (EVIL_ORIGIN, None)])
 async def test_stream_response_cors(client: httpx.AsyncClient, origin: str, expected: str | None) -> None:
     response = await client.post(
-        f"{CHAT}/stream", json=chat_body("你好", session_id=f"cors-{uuid.uuid4().hex[:6]}"), headers={"Origin": origin}
+        f"{CHAT}/stream",
+        json=chat_body("你好", session_id=f"cors-{uuid.uuid4().hex[:6]}"),
+        headers={"Origin": origin},
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")

@@ -28,12 +28,6 @@ from c_app.main import create_app
 
 from .utils import count, rows
 
-# jieba (loaded by the app's retrieval) opens its user dictionary without closing it; that is not
-# what these tests are about (reported separately), so only that one unraisable warning is ignored.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <_io.FileIO name=.*user_dict.txt:pytest.PytestUnraisableExceptionWarning"
-)
-
 UPLOAD = "/api/v1/chat/upload-image"
 STORED = re.compile(r"^[0-9a-f]{32}\.(?:jpg|png|gif|webp|bmp)$")
 ALLOWED = ".bmp, .gif, .jpeg, .jpg, .png, .webp"
@@ -198,7 +192,9 @@ async def test_upload_real_image(
 ) -> None:
     data = make()
     user_id = "user-7788-张三"
-    response = await upload(client, data, filename, content_type=sent_type, user_id=user_id, session_id="sess-1")
+    response = await upload(
+        client, data, filename, content_type=sent_type, user_id=user_id, session_id="sess-1"
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -373,22 +369,12 @@ async def test_missing_file_field_is_validation_error(app: FastAPI, client: http
     await assert_nothing_stored(app)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FastAPI treats an empty form string as a missing required field: 422 instead of the seed's 400 "
-    "用户ID不能为空 (customer.py upload_image declares user_id as Form(max_length=128) with no default)",
-)
 async def test_empty_user_id_is_refused(app: FastAPI, client: httpx.AsyncClient) -> None:
     response = await upload(client, png_bytes(), user_id="")
     assert_envelope(response, 400, "用户ID不能为空")
     await assert_nothing_stored(app)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FastAPI treats an empty form string as a missing required field: 422 instead of the seed's 400 "
-    "会话ID不能为空 (customer.py upload_image declares session_id as Form(max_length=128) with no default)",
-)
 async def test_empty_session_id_is_refused(app: FastAPI, client: httpx.AsyncClient) -> None:
     response = await upload(client, png_bytes(), session_id="")
     assert_envelope(response, 400, "会话ID不能为空")
@@ -411,7 +397,9 @@ async def test_blank_session_id_is_refused(app: FastAPI, client: httpx.AsyncClie
     await assert_nothing_stored(app)
 
 
-async def test_upload_into_another_users_session_is_forbidden(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_upload_into_another_users_session_is_forbidden(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     created = await client.post("/api/v1/chat/session/create", json={"user_id": "alice", "title": "A"})
     assert created.status_code == 200, created.text
     session_id = created.json()["session_id"]
@@ -430,7 +418,9 @@ async def test_upload_into_another_users_session_is_forbidden(app: FastAPI, clie
 # --- downloads and static files ------------------------------------------------------------
 
 
-async def test_download_returns_the_stored_file_as_attachment(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_download_returns_the_stored_file_as_attachment(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     data = png_bytes((10, 10))
     stored = (await upload(client, data, "收据.png")).json()["data"]["filename"]
 
@@ -533,11 +523,13 @@ async def test_upload_survives_restart(make_settings: Any, start_app: Any) -> No
     data = jpeg_bytes((64, 48))
 
     first = create_app(settings)
-    async with first.router.lifespan_context(first):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as client:
-            response = await upload(client, data, "keep.jpg", content_type="image/jpeg", user_id="carol")
-            assert response.status_code == 200, response.text
-            info = response.json()["data"]
+    async with (
+        first.router.lifespan_context(first),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://t") as client,
+    ):
+        response = await upload(client, data, "keep.jpg", content_type="image/jpeg", user_id="carol")
+        assert response.status_code == 200, response.text
+        info = response.json()["data"]
 
     # A new app on the same database and upload folder.
     app, client = await start_app()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Memory, MemoryChange, utcnow
@@ -176,3 +176,92 @@ async def count(db: AsyncSession, *, scope: str | None = None) -> int:
 
 async def delete_all(db: AsyncSession, *, scope: str, owner_id: str) -> None:
     await db.execute(delete(Memory).where(Memory.scope == scope, Memory.owner_id == owner_id))
+
+
+# -- knowledge-base management (bulk writes, paged listing, export) ------------------------------
+
+
+async def add_many(db: AsyncSession, rows: Sequence[dict[str, Any]], *, scope: str, owner_id: str) -> list[Memory]:
+    """Insert many rows with batched INSERTs (ORM bulk insert), their change records likewise."""
+    if not rows:
+        return []
+    now = utcnow()
+    values = [
+        {
+            "scope": scope,
+            "owner_id": owner_id,
+            "external_id": fields.get("external_id"),
+            "title": fields.get("title", ""),
+            "category": fields.get("category", ""),
+            "question": fields.get("question", ""),
+            "similar_questions": list(fields.get("similar_questions") or []),
+            "content": fields["content"],
+            "meta": dict(fields.get("meta") or {}),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for fields in rows
+    ]
+    # Unordered RETURNING: the returned rows describe themselves, and ordered batches need a sentinel column.
+    statement = insert(Memory).returning(Memory)
+    memories = list((await db.scalars(statement, values)).all())
+    changes = [{"memory_id": m.id, "scope": scope, "owner_id": owner_id, "created_at": now} for m in memories]
+    await db.execute(insert(MemoryChange), changes)
+    return memories
+
+
+async def touch_many(db: AsyncSession, memories: Sequence[Memory]) -> None:
+    """Record that existing rows were changed (call after mutating them)."""
+    if not memories:
+        return
+    now = utcnow()
+    for memory in memories:
+        memory.updated_at = now
+    await db.flush()
+    changes = [{"memory_id": m.id, "scope": m.scope, "owner_id": m.owner_id, "created_at": now} for m in memories]
+    await db.execute(insert(MemoryChange), changes)
+
+
+def _filtered(query: Any, *, scope: str, owner_id: str, category: str | None, text: str | None) -> Any:
+    query = query.where(Memory.scope == scope, Memory.owner_id == owner_id)
+    if category is not None:
+        query = query.where(Memory.category == category)
+    if text:
+        # lower() + LIKE with escaped wildcards reads the same on SQLite and PostgreSQL.
+        needle = text.lower()
+        query = query.where(
+            or_(
+                func.lower(Memory.title).contains(needle, autoescape=True),
+                func.lower(Memory.question).contains(needle, autoescape=True),
+                func.lower(Memory.content).contains(needle, autoescape=True),
+            )
+        )
+    return query
+
+
+async def page(
+    db: AsyncSession,
+    *,
+    scope: str,
+    owner_id: str,
+    offset: int,
+    limit: int,
+    category: str | None = None,
+    text: str | None = None,
+    newest_first: bool = False,
+) -> tuple[list[Memory], int]:
+    """One page of an owner's scope (optionally filtered) and the total matching count."""
+    where = {"scope": scope, "owner_id": owner_id, "category": category, "text": text}
+    total = (await db.execute(_filtered(select(func.count(Memory.id)), **where))).scalar_one()
+    order = Memory.id.desc() if newest_first else Memory.id
+    query = _filtered(select(Memory), **where).order_by(order).offset(offset).limit(limit)
+    return list((await db.execute(query)).scalars()), total
+
+
+async def with_external_prefix(db: AsyncSession, prefix: str, *, scope: str, owner_id: str) -> list[Memory]:
+    query = select(Memory).where(
+        Memory.scope == scope,
+        Memory.owner_id == owner_id,
+        Memory.external_id.startswith(prefix, autoescape=True),
+    )
+    return list((await db.execute(query)).scalars())

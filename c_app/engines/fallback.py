@@ -18,6 +18,12 @@ class FallbackEngine:
         self.fallback = fallback
         self.name = primary.name
 
+    async def aclose(self) -> None:
+        for engine in (self.primary, self.fallback):
+            close = getattr(engine, "aclose", None)
+            if close is not None:
+                await close()
+
     async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
         try:
             async for event in self.primary.stream(turn):

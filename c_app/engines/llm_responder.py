@@ -120,6 +120,9 @@ class LLMResponder:
         self.temperature = temperature
         self.max_tokens = max_tokens
 
+    async def aclose(self) -> None:
+        await self.client.close()
+
     async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
         messages = build_messages(
             company=self.company,
@@ -252,5 +255,7 @@ class LLMResponder:
             memory_id = await turn.remember(fact)
             return json.dumps({"saved": memory_id is not None}, ensure_ascii=False), []
         if call.name == "transfer_to_human":
-            return json.dumps({"transferred": True}, ensure_ascii=False), [HandoffEvent(message=HANDOFF_MESSAGE)]
+            # The customer is told in the stream itself, whatever the model writes next.
+            notice: list[EngineEvent] = [HandoffEvent(message=HANDOFF_MESSAGE), DeltaEvent(text=HANDOFF_MESSAGE + "\n")]
+            return json.dumps({"transferred": True}, ensure_ascii=False), notice
         return json.dumps({"error": f"未知的工具: {call.name[:64]}"}, ensure_ascii=False), []

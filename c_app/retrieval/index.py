@@ -5,28 +5,30 @@ Contract (``LexicalIndex``):
   similar questions) as its own *unit*; ``body`` (answer / title / memory text) is one more unit
   whose score is discounted by ``Params.body_weight`` (it describes the entry rather than asking
   the question). A doc scores as its best unit. Re-upserting a doc_id replaces it.
-- ``remove(doc_id)`` is a no-op if absent. Both are incremental: postings get appended to
-  per-term buffers and a term is re-packed into numpy arrays only when a query next touches it.
+- ``remove(doc_id)`` is a no-op if absent. Both are incremental: new postings go to one append
+  buffer and removed units are only flagged dead; the next search merges the buffer into the
+  per-term numpy posting arrays and filters the dead units out of the terms they had, touching
+  only the terms that changed. Dead unit slots are reclaimed by a compaction once they are
+  more than half of all slots.
 - ``search(query, limit)`` returns ``[(doc_id, score)]`` best first, score in [0, 1].
 
 Scoring. Terms are jieba words, characters and character bigrams (``text.tokenize``), each kind
 with a global weight. IDF merges the index's own document frequencies with a general-Chinese
 background prior (``background.doc_prob``) worth ``prior_docs`` pseudo documents, so a 1-doc
-index still knows that 的 is common and 退款 is not. Stage 1 accumulates BM25 over the postings
-of the query's terms into a dense array and keeps the best ``candidates`` units; stage 2 scores
-those exactly with
+index still knows that 的 is common and 退款 is not, and a 100k-entry KB mostly uses its own
+statistics. BM25 is accumulated over the postings of the query's terms into a dense array, and
+the score is
 
-    score = fusion * cos(q, u) + (1 - fusion) * min(1, bm25(q, u) / bm25(q, q))
+    score = min(1, bm25(q, u) / bm25(q, q))
 
-``cos`` is the IDF-weighted cosine of the term vectors (symmetric: an entry that also talks
-about other things is penalised), ``bm25(q, q)`` is what a unit identical to the query would get
-(query-side normalisation). Both are in [0, 1]: an identical question scores 1, unrelated text
-near 0, independent of how many other entries the index holds (up to the IDF prior blend).
+where ``bm25(q, q)`` is what a unit identical to the query would get (terms the index has never
+seen count there too). So an identical question scores 1 in any index, a unit sharing only
+common characters scores near 0, and the value reads as "share of the query's information this
+entry matches", comparable across indexes of any size (up to the IDF prior blend).
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import background
-from .text import BIGRAM, CHAR, PINYIN, WORD, normalize, tokenize
+from .text import BIGRAM, CHAR, WORD, normalize, tokenize
 
 
 @dataclass
@@ -43,61 +45,50 @@ class Params:
 
     k1: float = 1.2
     b: float = 0.75
-    kind_weight: dict[str, float] = field(default_factory=lambda: {WORD: 1.0, CHAR: 1.0, BIGRAM: 0.5, PINYIN: 0.5})
-    fusion: float = 0.0  # share of the cosine in the final score (rest: normalised BM25)
+    kind_weight: dict[str, float] = field(default_factory=lambda: {WORD: 1.0, CHAR: 1.0, BIGRAM: 0.5})
     prior_docs: float = 2000.0  # weight of the background IDF prior, in pseudo documents
     body_weight: float = 0.7
-    candidates: int = 200
 
 
 _GROW = 1.5
 
 
-class _Postings:
-    """Postings of one term: packed numpy arrays plus an append buffer (lazy re-pack)."""
-
-    __slots__ = ("slots", "tfs", "pend_slots", "pend_tfs", "dirty")
-
-    def __init__(self) -> None:
-        self.slots = np.empty(0, dtype=np.int32)
-        self.tfs = np.empty(0, dtype=np.float32)
-        self.pend_slots = array("i")
-        self.pend_tfs = array("f")
-        self.dirty = False
-
-    def pack(self, alive: np.ndarray) -> None:
-        if self.pend_slots:
-            slots = np.concatenate([self.slots, np.frombuffer(self.pend_slots, dtype=np.int32)])
-            tfs = np.concatenate([self.tfs, np.frombuffer(self.pend_tfs, dtype=np.float32)])
-            self.pend_slots = array("i")
-            self.pend_tfs = array("f")
-        else:
-            slots, tfs = self.slots, self.tfs
-        keep = alive[slots]
-        if not keep.all():
-            slots, tfs = slots[keep], tfs[keep]
-        self.slots, self.tfs = slots, tfs
-        self.dirty = False
+def _grow(arr: np.ndarray, need: int) -> np.ndarray:
+    if need <= len(arr):
+        return arr
+    out = np.zeros(max(need, int(len(arr) * _GROW) + 16), dtype=arr.dtype)
+    out[: len(arr)] = arr
+    return out
 
 
 class LexicalIndex:
-    """Incremental BM25 + cosine index over short questions; see module docstring."""
+    """Incremental BM25 index over short questions with calibrated scores; see module docstring."""
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params or Params()
+        # per term
         self._term_ids: dict[str, int] = {}
-        self._postings: list[_Postings] = []
-        self._df = np.zeros(1024, dtype=np.float64)  # live units containing the term
-        self._bg = np.zeros(1024, dtype=np.float64)  # background doc probability
-        self._kw = np.zeros(1024, dtype=np.float64)  # kind weight
-        # per unit slot
-        cap = 1024
-        self._alive = np.zeros(cap, dtype=bool)
-        self._dl = np.zeros(cap, dtype=np.float32)  # weighted unit length
-        self._unit_w = np.zeros(cap, dtype=np.float32)  # 1.0 for questions, body_weight for body
-        self._slot_doc = np.zeros(cap, dtype=np.int64)
-        self._slot_terms: list[np.ndarray | None] = []
-        self._slot_tfs: list[np.ndarray | None] = []
+        self._terms: list[str] = []
+        self._p_slots: list[np.ndarray | None] = []  # packed postings: unit slots (int32)
+        self._p_tfs: list[np.ndarray | None] = []  # packed postings: term frequencies (float32)
+        self._df = np.zeros(0, dtype=np.float64)  # live units containing the term
+        self._bg = np.zeros(0, dtype=np.float64)  # background doc probability
+        self._kw = np.zeros(0, dtype=np.float64)  # kind weight
+        # postings not yet merged into the packed arrays, and terms whose packed arrays hold dead units
+        self._pend_t = array("i")
+        self._pend_s = array("i")
+        self._pend_tf = array("f")
+        self._stale_terms: set[int] = set()
+        # per unit slot; a unit's terms live in the flat arrays at [off, off + n)
+        self._alive = np.zeros(0, dtype=bool)
+        self._dl = np.zeros(0, dtype=np.float32)  # kind-weighted unit length
+        self._unit_w = np.zeros(0, dtype=np.float32)  # 1.0 for questions, body_weight for a body
+        self._slot_doc = np.zeros(0, dtype=np.int64)
+        self._off = np.zeros(0, dtype=np.int64)
+        self._cnt = np.zeros(0, dtype=np.int32)
+        self._flat_t = np.zeros(0, dtype=np.int32)
+        self._flat_tf = np.zeros(0, dtype=np.float32)
+        self._n_flat = 0
         self._n_slots = 0
         self._doc_slots: dict[int, list[int]] = {}
         self._n_live_units = 0
@@ -110,56 +101,58 @@ class LexicalIndex:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._doc_slots
 
-    def _term_id(self, term: str) -> int:
-        tid = self._term_ids.get(term)
-        if tid is None:
-            tid = len(self._postings)
-            self._term_ids[term] = tid
-            self._postings.append(_Postings())
-            if tid >= len(self._df):
-                n = int(len(self._df) * _GROW) + 1
-                self._df = np.resize(self._df, n)
-                self._df[tid:] = 0
-                self._bg = np.resize(self._bg, n)
-                self._kw = np.resize(self._kw, n)
-            self._bg[tid] = background.doc_prob(term)
-            self._kw[tid] = self.params.kind_weight[term[0]]
-        return tid
+    def _new_terms(self, terms: list[str]) -> None:
+        start = len(self._terms)
+        need = start + len(terms)
+        self._df = _grow(self._df, need)
+        self._bg = _grow(self._bg, need)
+        self._kw = _grow(self._kw, need)
+        kind_weight = self.params.kind_weight
+        for i, term in enumerate(terms, start):
+            self._term_ids[term] = i
+            self._terms.append(term)
+            self._p_slots.append(None)
+            self._p_tfs.append(None)
+            self._bg[i] = background.doc_prob(term)
+            self._kw[i] = kind_weight[term[0]]
 
-    def _new_slot(self) -> int:
+    def _add_unit(self, doc_id: int, counts: dict[str, int], weight: float) -> int:
+        term_ids = self._term_ids
+        new = [t for t in counts if t not in term_ids]
+        if new:
+            self._new_terms(new)
+        tids = [term_ids[t] for t in counts]
+        tfs = list(counts.values())
+        n = len(tids)
         slot = self._n_slots
-        if slot >= len(self._alive):
-            n = int(len(self._alive) * _GROW) + 1
-            self._alive = np.concatenate([self._alive, np.zeros(n - len(self._alive), dtype=bool)])
-            self._dl = np.resize(self._dl, n)
-            self._unit_w = np.resize(self._unit_w, n)
-            self._slot_doc = np.resize(self._slot_doc, n)
         self._n_slots += 1
-        self._slot_terms.append(None)
-        self._slot_tfs.append(None)
-        return slot
-
-    def _add_unit(self, doc_id: int, text: str, weight: float) -> int | None:
-        terms = tokenize(normalize(text))
-        if not terms:
-            return None
-        counts = Counter(terms)
-        slot = self._new_slot()
-        tids = np.fromiter((self._term_id(t) for t in counts), dtype=np.int32, count=len(counts))
-        tfs = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
-        for tid, tf in zip(tids.tolist(), tfs.tolist()):
-            p = self._postings[tid]
-            p.pend_slots.append(slot)
-            p.pend_tfs.append(tf)
-            p.dirty = True
-        self._df[tids] += 1
-        dl = float((self._kw[tids] * tfs).sum())
+        if slot >= len(self._alive):
+            need = slot + 1
+            self._alive = _grow(self._alive, need)
+            self._dl = _grow(self._dl, need)
+            self._unit_w = _grow(self._unit_w, need)
+            self._slot_doc = _grow(self._slot_doc, need)
+            self._off = _grow(self._off, need)
+            self._cnt = _grow(self._cnt, need)
+        off = self._n_flat
+        if off + n > len(self._flat_t):
+            self._flat_t = _grow(self._flat_t, off + n)
+            self._flat_tf = _grow(self._flat_tf, off + n)
+        self._flat_t[off : off + n] = tids
+        self._flat_tf[off : off + n] = tfs
+        self._n_flat = off + n
+        self._pend_t.extend(tids)
+        self._pend_s.extend([slot] * n)
+        self._pend_tf.extend(tfs)
+        t_arr = self._flat_t[off : off + n]
+        self._df[t_arr] += 1
+        dl = float((self._kw[t_arr] * self._flat_tf[off : off + n]).sum())
         self._alive[slot] = True
         self._dl[slot] = dl
         self._unit_w[slot] = weight
         self._slot_doc[slot] = doc_id
-        self._slot_terms[slot] = tids
-        self._slot_tfs[slot] = tfs
+        self._off[slot] = off
+        self._cnt[slot] = n
         self._n_live_units += 1
         self._total_dl += dl
         return slot
@@ -167,162 +160,149 @@ class LexicalIndex:
     def upsert(self, doc_id: int, questions: list[str], body: str = "") -> None:
         """Index (or replace) ``doc_id``: each question is a primary unit, ``body`` a discounted one."""
         self.remove(doc_id)
-        slots: list[int] = []
+        units: list[tuple[dict[str, int], float]] = []
         for q in questions:
-            s = self._add_unit(doc_id, q, 1.0)
-            if s is not None:
-                slots.append(s)
+            terms = tokenize(normalize(q))
+            if terms:
+                units.append((Counter(terms), 1.0))
         if body and body.strip():
-            # With no question at all (a free-form memory) the body is the only match target.
-            s = self._add_unit(doc_id, body, self.params.body_weight if slots else 1.0)
-            if s is not None:
-                slots.append(s)
-        self._doc_slots[doc_id] = slots
+            terms = tokenize(normalize(body))
+            if terms:
+                # With no question at all (a free-form memory) the body is the only match target.
+                units.append((Counter(terms), self.params.body_weight if units else 1.0))
+        self._doc_slots[doc_id] = [self._add_unit(doc_id, c, w) for c, w in units]
 
     def remove(self, doc_id: int) -> None:
-        """Drop ``doc_id``; postings are filtered lazily on the next query touching its terms."""
+        """Drop ``doc_id`` (no-op if absent); its postings are filtered out on the next search."""
         slots = self._doc_slots.pop(doc_id, None)
-        if not slots:
+        if slots is None:
             return
         for slot in slots:
-            tids = self._slot_terms[slot]
-            assert tids is not None
-            self._df[tids] -= 1
-            for tid in tids.tolist():
-                self._postings[tid].dirty = True
+            off, n = int(self._off[slot]), int(self._cnt[slot])
+            t_arr = self._flat_t[off : off + n]
+            self._df[t_arr] -= 1
+            self._stale_terms.update(t_arr.tolist())
             self._alive[slot] = False
             self._n_live_units -= 1
             self._total_dl -= float(self._dl[slot])
-            self._slot_terms[slot] = None
-            self._slot_tfs[slot] = None
-        # Dead slots keep their place in the dense arrays; compact once they dominate.
         if self._n_slots > 1024 and self._n_live_units < self._n_slots // 2:
             self._compact()
 
     def _compact(self) -> None:
-        docs = {d: [] for d in self._doc_slots}  # type: dict[int, list[tuple[np.ndarray, np.ndarray, float]]]
-        for d, slots in self._doc_slots.items():
-            docs[d] = [(self._slot_terms[s], self._slot_tfs[s], float(self._unit_w[s])) for s in slots]  # type: ignore[misc]
-        old_term_ids = self._term_ids
+        """Rebuild without dead slots (amortised: runs only once they outnumber live ones)."""
         fresh = LexicalIndex(self.params)
-        inv = {tid: t for t, tid in old_term_ids.items()}
-        for d, units in docs.items():
-            slots = []
-            for tids, tfs, w in units:
-                slot = fresh._new_slot()
-                new_tids = np.fromiter((fresh._term_id(inv[t]) for t in tids.tolist()), dtype=np.int32,
-                                       count=len(tids))
-                for tid, tf in zip(new_tids.tolist(), tfs.tolist()):
-                    p = fresh._postings[tid]
-                    p.pend_slots.append(slot)
-                    p.pend_tfs.append(tf)
-                    p.dirty = True
-                fresh._df[new_tids] += 1
-                dl = float((fresh._kw[new_tids] * tfs).sum())
-                fresh._alive[slot] = True
-                fresh._dl[slot] = dl
-                fresh._unit_w[slot] = w
-                fresh._slot_doc[slot] = d
-                fresh._slot_terms[slot] = new_tids
-                fresh._slot_tfs[slot] = tfs
-                fresh._n_live_units += 1
-                fresh._total_dl += dl
-                slots.append(slot)
-            fresh._doc_slots[d] = slots
+        for doc_id, slots in self._doc_slots.items():
+            new_slots = []
+            for slot in slots:
+                off, n = int(self._off[slot]), int(self._cnt[slot])
+                counts = {
+                    self._terms[t]: int(tf)
+                    for t, tf in zip(self._flat_t[off : off + n].tolist(), self._flat_tf[off : off + n].tolist())
+                }
+                new_slots.append(fresh._add_unit(doc_id, counts, float(self._unit_w[slot])))
+            fresh._doc_slots[doc_id] = new_slots
         self.__dict__.update(fresh.__dict__)
 
+    def _flush(self) -> None:
+        """Merge pending postings into the packed per-term arrays; drop dead units from stale terms."""
+        touched: set[int] = set(self._stale_terms)
+        if self._pend_t:
+            pt = np.frombuffer(self._pend_t, dtype=np.int32).copy()
+            ps = np.frombuffer(self._pend_s, dtype=np.int32).copy()
+            pf = np.frombuffer(self._pend_tf, dtype=np.float32).copy()
+            self._pend_t, self._pend_s, self._pend_tf = array("i"), array("i"), array("f")
+            order = np.argsort(pt, kind="stable")
+            pt, ps, pf = pt[order], ps[order], pf[order]
+            bounds = np.flatnonzero(np.diff(pt)) + 1
+            starts = np.concatenate([[0], bounds]).tolist()
+            ends = np.concatenate([bounds, [len(pt)]]).tolist()
+            p_slots, p_tfs = self._p_slots, self._p_tfs
+            for tid, a, b in zip(pt[starts].tolist(), starts, ends):
+                old = p_slots[tid]
+                if old is None:
+                    p_slots[tid] = ps[a:b]
+                    p_tfs[tid] = pf[a:b]
+                else:
+                    p_slots[tid] = np.concatenate([old, ps[a:b]])
+                    p_tfs[tid] = np.concatenate([p_tfs[tid], pf[a:b]])  # type: ignore[list-item]
+        alive = self._alive
+        for tid in touched:
+            sl = self._p_slots[tid]
+            if sl is None:
+                continue
+            keep = alive[sl]
+            if not keep.all():
+                self._p_slots[tid] = sl[keep]
+                self._p_tfs[tid] = self._p_tfs[tid][keep]  # type: ignore[index]
+        self._stale_terms = set()
+
     # ------------------------------------------------------------------ scoring
-    def _idf(self, tids: np.ndarray) -> np.ndarray:
+    def _idf(self, df_local: np.ndarray | float, bg: np.ndarray | float) -> np.ndarray | float:
+        # BM25 IDF over the index's units plus ``prior_docs`` background pseudo documents.
         prior = self.params.prior_docs
         n = prior + self._n_live_units
-        df = prior * self._bg[tids] + np.maximum(self._df[tids], 0.0)
+        df = prior * bg + np.maximum(df_local, 0.0)
         return np.log1p((n - df + 0.5) / (df + 0.5))
 
-    def _query_terms(self, query: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Known query term ids, their counts, IDF, and the query's own weighted length.
-
-        Terms the index has never seen still count in the query's self-score (below): a query
-        that is mostly unknown words cannot score high.
-        """
-        counts = Counter(tokenize(normalize(query)))
-        known_t, known_c = [], []
-        unknown_w: list[float] = []
-        unknown_idf: list[float] = []
-        prior = self.params.prior_docs
-        n = prior + self._n_live_units
-        for term, c in counts.items():
+    def query_terms(self, query: str) -> list[tuple[str, int, float, bool]]:
+        """``(term, count, weighted idf, known to this index)`` of a query, for hit-testing views."""
+        out = []
+        for term, c in Counter(tokenize(normalize(query))).items():
             tid = self._term_ids.get(term)
-            if tid is not None:
-                known_t.append(tid)
-                known_c.append(c)
-            else:
-                df = prior * background.doc_prob(term)
-                unknown_idf.append(math.log1p((n - df + 0.5) / (df + 0.5)))
-                unknown_w.append(self.params.kind_weight[term[0]] * c)
-        tids = np.array(known_t, dtype=np.int64)
-        qtf = np.array(known_c, dtype=np.float64)
-        self._unknown = (np.array(unknown_w), np.array(unknown_idf))
-        return tids, qtf, self._idf(tids) if len(tids) else np.empty(0), 0.0
+            df = float(self._df[tid]) if tid is not None else 0.0
+            w = self.params.kind_weight[term[0]] * float(self._idf(df, background.doc_prob(term)))
+            out.append((term, c, w, tid is not None and df > 0))
+        return out
 
     def search(self, query: str, limit: int = 5) -> list[tuple[int, float]]:
         """Best ``limit`` docs for ``query`` as ``(doc_id, score)``, score in [0, 1], best first."""
         if limit <= 0 or not self._doc_slots:
             return []
+        if self._pend_t or self._stale_terms:
+            self._flush()
         p = self.params
-        tids, qtf, idf, _ = self._query_terms(query)
-        unk_w, unk_idf = self._unknown
-        if len(tids) == 0:
+        counts = Counter(tokenize(normalize(query)))
+        if not counts:
             return []
+        known, known_c = [], []
+        unk_w = 0.0  # kind weight x idf x count of terms this index has never seen
+        unk_len = 0.0
+        for term, c in counts.items():
+            tid = self._term_ids.get(term)
+            if tid is not None and self._p_slots[tid] is not None:
+                known.append(tid)
+                known_c.append(c)
+            else:
+                kwt = p.kind_weight[term[0]]
+                unk_w += kwt * float(self._idf(0.0, background.doc_prob(term))) * c
+                unk_len += kwt * c
+        tids = np.array(known, dtype=np.int64)
+        qtf = np.array(known_c, dtype=np.float64)
         kw = self._kw[tids]
+        idf = self._idf(self._df[tids], self._bg[tids])
         avgdl = max(self._total_dl / max(self._n_live_units, 1), 1e-9)
-        qlen = float((kw * qtf).sum() + unk_w.sum())
-        # Query weight per term for BM25 (kind weight x idf) and for the cosine.
-        bm_w = kw * idf * (p.k1 + 1.0)
-        ltf_q = 1.0 + np.log(qtf)
-        cos_wq = (kw * idf) ** 2 * ltf_q
+        qlen = float((kw * qtf).sum()) + unk_len
+        # Self-score: BM25 of the query against a unit identical to it (dl = qlen). Unknown terms
+        # count here too, so a query made mostly of words the index lacks cannot score high.
+        k_self = p.k1 * (1.0 - p.b + p.b * qlen / avgdl)
+        qw = kw * idf * (p.k1 + 1.0)
+        self_score = float((qw * qtf / (qtf + k_self)).sum()) + unk_w * (p.k1 + 1.0) / (1.0 + k_self)
+        if not len(tids) or self_score <= 0:
+            return []
 
         n = self._n_slots
         acc = np.zeros(n, dtype=np.float64)
-        acc_dot = np.zeros(n, dtype=np.float64)
         k_len = p.k1 * (1.0 - p.b + p.b * self._dl[:n] / avgdl)
-        alive = self._alive
-        for i, tid in enumerate(tids.tolist()):
-            post = self._postings[tid]
-            if post.dirty:
-                post.pack(alive)
-            slots = post.slots
-            if not len(slots):
-                continue
-            tf = post.tfs
-            acc[slots] += bm_w[i] * tf / (tf + k_len[slots])
-            acc_dot[slots] += cos_wq[i] * (1.0 + np.log(tf))
+        for w, tid in zip(qw.tolist(), tids.tolist()):
+            slots = self._p_slots[tid]
+            tf = self._p_tfs[tid]
+            # Query term repeats are not rewarded beyond once: questions are short, repeats are noise.
+            acc[slots] += w * tf / (tf + k_len[slots])  # type: ignore[index,operator]
 
-        # Self-score: BM25 of the query against a unit identical to it (dl = qlen).
-        k_self = p.k1 * (1.0 - p.b + p.b * qlen / avgdl)
-        self_known = float((bm_w * qtf / (qtf + k_self)).sum())
-        self_unknown = float((unk_w * unk_idf * (p.k1 + 1.0) * 1.0 / (1.0 + k_self)).sum()) if len(unk_w) else 0.0
-        self_score = self_known + self_unknown
-        q_norm_sq = float(((kw * idf * ltf_q) ** 2).sum() + ((unk_w * unk_idf) ** 2).sum())
-
-        k = min(p.candidates, n)
+        k = min(limit * 8 + 8, n)  # a doc can have several units; keep enough to fill ``limit`` docs
         cand = np.argpartition(-acc, k - 1)[:k] if k < n else np.arange(n)
         cand = cand[acc[cand] > 0]
-        if not len(cand):
-            return []
-        # Exact unit norms for the candidates only (IDF changes as the index changes).
-        terms = [self._slot_terms[s] for s in cand.tolist()]
-        tfs = [self._slot_tfs[s] for s in cand.tolist()]
-        lens = np.fromiter((len(t) for t in terms), dtype=np.int64, count=len(terms))  # type: ignore[arg-type]
-        all_t = np.concatenate(terms)  # type: ignore[arg-type]
-        all_tf = np.concatenate(tfs)  # type: ignore[arg-type]
-        w = (self._kw[all_t] * self._idf(all_t) * (1.0 + np.log(all_tf))) ** 2
-        offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        d_norm_sq = np.add.reduceat(w, offsets)
-        cos = acc_dot[cand] / np.sqrt(np.maximum(d_norm_sq * q_norm_sq, 1e-12))
-        bm = np.minimum(acc[cand] / max(self_score, 1e-12), 1.0)
-        score = (p.fusion * np.minimum(cos, 1.0) + (1.0 - p.fusion) * bm) * self._unit_w[cand]
-
-        # Best unit per doc.
+        score = np.minimum(acc[cand] / self_score, 1.0) * self._unit_w[cand]
         order = np.argsort(-score, kind="stable")
         out: list[tuple[int, float]] = []
         seen: set[int] = set()

@@ -67,7 +67,7 @@ def normalise_content(message: ChatMessage, settings: Settings) -> tuple[str, li
                     raise BadRequest("多模态消息格式错误")
                 parts.append({"type": "image_url", "image_url": {"url": url}})
         text = "\n".join(t for t in texts if t.strip())
-    if not text.strip() and not parts:
+    if not text.strip() and not image_urls(parts):
         raise BadRequest("消息内容不能为空")
     if len(text) > settings.max_message_chars:
         raise BadRequest(f"消息内容过长，最多 {settings.max_message_chars} 个字符")

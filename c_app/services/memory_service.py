@@ -15,20 +15,57 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..config import Settings
 from ..db import memories as repo
 from ..db.engine import Database
 from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
 from ..db.models import Memory
+from ..errors import Conflict, NotFound
 from ..retrieval import DEFAULT_ANSWER_THRESHOLD, LexicalIndex
 
 logger = logging.getLogger(__name__)
 
 _LOAD_BATCH = 5000
+ENTRY_NOT_FOUND = "知识条目不存在"
+MEMORY_NOT_FOUND = "记忆不存在"
+EXTERNAL_ID_TAKEN = "外部ID已存在"
+
 _GAP_TTL = 10.0  # seconds a missing change sequence number is waited for (a transaction still committing)
+
+
+# Import-row keys -> Memory columns.
+_PUBLIC_COLUMNS = {
+    "title": "title",
+    "category": "category",
+    "question": "question",
+    "similar_questions": "similar_questions",
+    "answer": "content",
+    "metadata": "meta",
+}
+
+
+def public_fields(entry: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Column values of a knowledge-base entry given as an import row; partial: only the keys present."""
+    if "answer" not in entry and "content" in entry:
+        entry = {**entry, "answer": entry["content"]}
+    out: dict[str, Any] = {}
+    for key, column in _PUBLIC_COLUMNS.items():
+        if partial and key not in entry:
+            continue
+        value = entry.get(key)
+        if column == "similar_questions":
+            out[column] = list(value or [])
+        elif column == "meta":
+            out[column] = dict(value or {})
+        else:
+            out[column] = value or ""
+    return out
 
 
 def index_fields(memory: Memory) -> tuple[list[str], str]:
@@ -48,6 +85,8 @@ class MemoryService:
             settings.answer_threshold if settings.answer_threshold is not None else DEFAULT_ANSWER_THRESHOLD
         )
         self.public_index = LexicalIndex()
+        # Kept current only once `start` has loaded it (a one-shot CLI import has no use for it).
+        self._public_loaded = False
         self._user_indexes: OrderedDict[tuple[str, str], LexicalIndex] = OrderedDict()
         self._last_seq = 0
         self._gaps: dict[int, float] = {}
@@ -71,6 +110,7 @@ class MemoryService:
             after = rows[-1].id
             await asyncio.sleep(0)
         self._last_poll = time.monotonic()
+        self._public_loaded = True
         logger.info("public index loaded: %d entries", len(self.public_index))
 
     async def refresh(self, *, force: bool = False) -> None:
@@ -112,7 +152,7 @@ class MemoryService:
 
     def _index_for(self, scope: str, owner_id: str, *, create: bool) -> LexicalIndex | None:
         if scope == PUBLIC:
-            return self.public_index
+            return self.public_index if self._public_loaded else None
         key = (scope, owner_id)
         index = self._user_indexes.get(key)
         if index is not None:
@@ -179,35 +219,123 @@ class MemoryService:
         self._applied([row], dropped)
 
     async def upsert_public(self, entries: list[dict[str, Any]]) -> tuple[int, int]:
-        """Insert or update knowledge-base entries (matched on external_id). Returns (created, updated)."""
-        created: list[Memory] = []
-        updated: list[Memory] = []
+        """Insert or update knowledge-base entries (matched on external_id) in one transaction.
+
+        Returns (created, updated). A later entry with the same external_id as an earlier one in
+        the same call updates it.
+        """
+        new: list[dict[str, Any]] = []
+        new_by_ext: dict[str, dict[str, Any]] = {}
+        updated: dict[int, Memory] = {}
+        repeats = 0
         async with self.db.transaction() as db:
             ext_ids = [e["external_id"] for e in entries if e.get("external_id")]
             existing = await repo.by_external_ids(db, ext_ids, scope=PUBLIC, owner_id="")
             for entry in entries:
-                fields = {
-                    "title": entry.get("title", ""),
-                    "category": entry.get("category", ""),
-                    "question": entry.get("question", ""),
-                    "similar_questions": list(entry.get("similar_questions") or []),
-                    "content": entry.get("answer") or entry.get("content") or "",
-                    "meta": dict(entry.get("metadata") or {}),
-                }
-                row = existing.get(entry.get("external_id") or "")
-                if row is None:
-                    created.append(
-                        await repo.add(
-                            db, scope=PUBLIC, owner_id="", external_id=entry.get("external_id"), **fields
-                        )
-                    )
-                else:
+                fields = public_fields(entry)
+                ext_id = entry.get("external_id") or None
+                row = existing.get(ext_id or "")
+                if row is not None:
                     for key, value in fields.items():
                         setattr(row, key, value)
-                    await repo.touch(db, row)
-                    updated.append(row)
-        self._applied([*created, *updated])
-        return len(created), len(updated)
+                    updated[row.id] = row
+                elif ext_id is not None and ext_id in new_by_ext:
+                    new_by_ext[ext_id].update(fields)
+                    repeats += 1
+                else:
+                    fields["external_id"] = ext_id
+                    new.append(fields)
+                    if ext_id is not None:
+                        new_by_ext[ext_id] = fields
+            created = await repo.add_many(db, new, scope=PUBLIC, owner_id="") if new else []
+            if updated:
+                await repo.touch_many(db, list(updated.values()))
+        self._applied([*created, *updated.values()])
+        return len(created), len(updated) + repeats
+
+    async def create_public(self, entry: dict[str, Any]) -> Memory:
+        """Add one knowledge-base entry; Conflict when its external_id is taken."""
+        fields = public_fields(entry)
+        try:
+            async with self.db.transaction() as db:
+                await self._check_external_id(db, entry.get("external_id"))
+                row = await repo.add(
+                    db, scope=PUBLIC, owner_id="", external_id=entry.get("external_id") or None, **fields
+                )
+        except IntegrityError as exc:  # a concurrent writer took the external_id first
+            raise Conflict(EXTERNAL_ID_TAKEN) from exc
+        self._applied([row])
+        return row
+
+    async def update_public(self, memory_id: int, changes: dict[str, Any]) -> Memory:
+        """Change some fields of an entry (keys as in an import row; `answer` is the content)."""
+        try:
+            async with self.db.transaction() as db:
+                row = await self._public_row(db, memory_id)
+                if "external_id" in changes and (changes["external_id"] or None) != row.external_id:
+                    await self._check_external_id(db, changes["external_id"])
+                    row.external_id = changes["external_id"] or None
+                for key, value in public_fields(changes, partial=True).items():
+                    setattr(row, key, value)
+                await repo.touch(db, row)
+        except IntegrityError as exc:
+            raise Conflict(EXTERNAL_ID_TAKEN) from exc
+        self._applied([row])
+        return row
+
+    async def delete_public(self, memory_id: int) -> None:
+        async with self.db.transaction() as db:
+            row = await self._public_row(db, memory_id)
+            await repo.remove(db, row)
+        self._applied([], [row])
+
+    async def prune_public(self, external_prefix: str, keep: set[str]) -> int:
+        """Delete entries whose external_id starts with the prefix and is not kept (a re-imported
+        document's chunks that no longer exist). Returns how many were deleted."""
+        async with self.db.transaction() as db:
+            rows = await repo.with_external_prefix(db, external_prefix, scope=PUBLIC, owner_id="")
+            stale = [row for row in rows if row.external_id not in keep]
+            for row in stale:
+                await repo.remove(db, row)
+        self._applied([], stale)
+        return len(stale)
+
+    async def _check_external_id(self, db: AsyncSession, external_id: str | None) -> None:
+        if external_id and await repo.by_external_ids(db, [external_id], scope=PUBLIC, owner_id=""):
+            raise Conflict(EXTERNAL_ID_TAKEN)
+
+    async def _public_row(self, db: AsyncSession, memory_id: int) -> Memory:
+        row = await repo.get(db, memory_id, scope=PUBLIC, owner_id="")
+        if row is None:
+            raise NotFound(ENTRY_NOT_FOUND)
+        return row
+
+    async def update_private(
+        self, user_id: str, memory_id: int, *, content: str | None, metadata: dict[str, Any] | None
+    ) -> Memory:
+        async with self.db.transaction() as db:
+            row = await self._private_row(db, user_id, memory_id)
+            if content is not None:
+                row.content = content
+            if metadata is not None:
+                row.meta = dict(metadata)
+                row.title = str(metadata.get("title", ""))[:500]
+                row.category = str(metadata.get("category", ""))[:100]
+            await repo.touch(db, row)
+        self._applied([row])
+        return row
+
+    async def delete_private(self, user_id: str, memory_id: int) -> None:
+        async with self.db.transaction() as db:
+            row = await self._private_row(db, user_id, memory_id)
+            await repo.remove(db, row)
+        self._applied([], [row])
+
+    async def _private_row(self, db: AsyncSession, user_id: str, memory_id: int) -> Memory:
+        row = await repo.get(db, memory_id, scope=PRIVATE, owner_id=user_id)
+        if row is None:
+            raise NotFound(MEMORY_NOT_FOUND)
+        return row
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -228,6 +356,46 @@ class MemoryService:
         ]
         found.sort(key=lambda hit: hit.score, reverse=True)
         return found
+
+    async def search_public(self, query: str, *, limit: int) -> list[RetrievedMemory]:
+        """The knowledge base's best `limit` hits, best first."""
+        await self.refresh()
+        hits = self.public_index.search(query, limit)
+        async with self.db.read() as db:
+            rows = await repo.get_many(db, [doc for doc, _ in hits])
+        return [RetrievedMemory(rows[doc], PUBLIC, score) for doc, score in hits if doc in rows]
+
+    async def get_public(self, memory_id: int) -> Memory:
+        async with self.db.read() as db:
+            return await self._public_row(db, memory_id)
+
+    async def list_public(
+        self, *, offset: int, limit: int, category: str | None = None, text: str | None = None
+    ) -> tuple[list[Memory], int]:
+        """One page of the knowledge base in id order, and how many entries match in all."""
+        async with self.db.read() as db:
+            return await repo.page(
+                db, scope=PUBLIC, owner_id="", offset=offset, limit=limit, category=category, text=text
+            )
+
+    async def iter_public(self, *, batch: int = 1000) -> AsyncIterator[list[Memory]]:
+        """The whole knowledge base in id order, a batch per short read (no transaction held open)."""
+        after = 0
+        while True:
+            async with self.db.read() as db:
+                rows = await repo.list_for_owner(db, scope=PUBLIC, owner_id="", after_id=after, limit=batch)
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].id
+
+    async def list_private(self, user_id: str, *, offset: int, limit: int) -> tuple[list[Memory], int]:
+        """One page of a user's private memories, newest first, and their total."""
+        async with self.db.read() as db:
+            return await repo.page(
+                db, scope=PRIVATE, owner_id=user_id, offset=offset, limit=limit, newest_first=True
+            )
 
     async def probe(self) -> None:
         """Health check: the index answers and the memory table is readable."""

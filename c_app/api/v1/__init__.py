@@ -4,3 +4,6 @@ from .customer import router as customer_router
 
 api_router = APIRouter()
 api_router.include_router(customer_router, prefix="/chat", tags=["智能客服"])
+from . import admin, memory  # noqa: E402  (knowledge-base management, private memories)
+api_router.include_router(memory.router, prefix="/chat", tags=["智能客服"])
+api_router.include_router(admin.router, prefix="/admin", tags=["知识库管理"])

@@ -1,0 +1,129 @@
+"""Operator routes: /api/v1/admin/knowledge/... (knowledge-base management), behind ADMIN_TOKEN."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ...db.models import Memory
+from ...errors import Unauthorized
+from ...schemas.knowledge import HitTestRequest, KnowledgeEntryIn, KnowledgeEntryPatch
+from ...services.knowledge_formats import export_row
+from ...services.knowledge_service import KnowledgeService
+from ..deps import ServicesDep
+from ..middleware.error_handler import envelope
+
+_bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN")
+
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Admit a caller holding `Authorization: Bearer <ADMIN_TOKEN>`; refuse everyone when it is unset."""
+    expected = request.app.state.settings.admin_token
+    if not expected:
+        raise Unauthorized("管理接口未启用：服务器未配置 ADMIN_TOKEN")
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("管理员令牌无效", headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_knowledge(request: Request, services: ServicesDep) -> KnowledgeService:
+    return KnowledgeService(services.memory, request.app.state.settings)
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+KnowledgeDep = Annotated[KnowledgeService, Depends(get_knowledge)]
+EntryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+router = APIRouter(dependencies=[Depends(require_admin)])
+
+
+def ok(message: str, data: Any) -> JSONResponse:
+    return JSONResponse(content={"success": True, "message": message, "data": jsonable_encoder(data)})
+
+
+def entry_item(row: Memory) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        **export_row(row),
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+@router.get("/knowledge")
+async def list_entries(
+    knowledge: KnowledgeDep,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+    category: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+) -> JSONResponse:
+    """分页列出知识库条目，可按分类与关键词（标题、问题、答案）筛选。"""
+    rows, total = await knowledge.list_entries(page=page, page_size=page_size, category=category, text=q)
+    data = {"total": total, "page": page, "page_size": page_size, "items": [entry_item(row) for row in rows]}
+    return ok("获取成功", data)
+
+
+@router.get("/knowledge/export")
+async def export_entries(
+    knowledge: KnowledgeDep, fmt: Annotated[str, Query(alias="format", max_length=16)] = "jsonl"
+) -> StreamingResponse:
+    """导出整个知识库（jsonl 或 csv，与导入格式相同）。"""
+    chunks = knowledge.export(fmt)
+    fmt = fmt.lower()
+    media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson; charset=utf-8"
+    headers = {"Content-Disposition": f'attachment; filename="knowledge.{fmt}"'}
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
+@router.post("/knowledge/import")
+async def import_entries(
+    knowledge: KnowledgeDep,
+    file: Annotated[UploadFile, File()],
+    fmt: Annotated[str | None, Form(alias="format", max_length=16)] = None,
+    strict: Annotated[bool, Form()] = False,
+) -> JSONResponse:
+    """导入知识库文件（JSON Lines、CSV 或 Markdown）；有 external_id 的条目更新而不重复。"""
+    data = await knowledge.read_upload(file)
+    report = await knowledge.import_bytes(data, filename=file.filename, fmt=fmt, strict=strict)
+    if report.rejected:
+        return envelope(422, "导入数据有误，未导入任何条目", "ValidationError", details=report.errors)
+    return ok("导入完成", report.as_dict())
+
+
+@router.post("/knowledge/hit-test")
+async def hit_test(request: HitTestRequest, knowledge: KnowledgeDep) -> JSONResponse:
+    """命中测试：查看查询的归一化与分词结果、命中的条目与得分，以及是否会直接作答。"""
+    return ok("测试完成", await knowledge.hit_test(request.query, limit=request.limit))
+
+
+@router.post("/knowledge")
+async def create_entry(entry: KnowledgeEntryIn, knowledge: KnowledgeDep) -> JSONResponse:
+    """新增知识条目。"""
+    return ok("创建成功", entry_item(await knowledge.create(entry)))
+
+
+@router.get("/knowledge/{entry_id}")
+async def get_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> JSONResponse:
+    """获取一个知识条目。"""
+    return ok("获取成功", entry_item(await knowledge.get(entry_id)))
+
+
+@router.put("/knowledge/{entry_id}")
+async def update_entry(entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep) -> JSONResponse:
+    """修改知识条目（只改提交的字段）。"""
+    return ok("更新成功", entry_item(await knowledge.update(entry_id, patch)))
+
+
+@router.delete("/knowledge/{entry_id}")
+async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> JSONResponse:
+    """删除知识条目。"""
+    await knowledge.delete(entry_id)
+    return ok("删除成功", {"id": entry_id})

@@ -1,0 +1,88 @@
+"""Knowledge-base entries as operators write them (admin API bodies and import rows), and private-memory edits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+QUESTION_MAX = 500
+ANSWER_MAX = 20_000
+SIMILAR_MAX_ITEMS = 50
+CATEGORY_MAX = 100
+EXTERNAL_ID_MAX = 200
+TITLE_MAX = 500
+
+SimilarQuestion = Annotated[str, Field(max_length=QUESTION_MAX)]
+
+
+class KnowledgeEntryIn(BaseModel):
+    """One entry: a question (or at least a title) and its answer. Also the shape of an import row."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    external_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
+    title: str = Field(default="", max_length=TITLE_MAX)
+    category: str = Field(default="", max_length=CATEGORY_MAX)
+    question: str = Field(default="", max_length=QUESTION_MAX)
+    similar_questions: list[SimilarQuestion] = Field(default_factory=list, max_length=SIMILAR_MAX_ITEMS)
+    answer: str = Field(max_length=ANSWER_MAX)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _required(self) -> KnowledgeEntryIn:
+        if not self.answer:
+            raise ValueError("答案不能为空")
+        if not self.question and not self.title:
+            raise ValueError("问题和标题不能都为空")
+        self.external_id = self.external_id or None
+        self.similar_questions = [q for q in self.similar_questions if q]
+        return self
+
+
+class KnowledgeEntryPatch(BaseModel):
+    """A partial update: only the fields sent change (the result must still be a valid entry)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    external_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
+    title: str | None = Field(default=None, max_length=TITLE_MAX)
+    category: str | None = Field(default=None, max_length=CATEGORY_MAX)
+    question: str | None = Field(default=None, max_length=QUESTION_MAX)
+    similar_questions: list[SimilarQuestion] | None = Field(default=None, max_length=SIMILAR_MAX_ITEMS)
+    answer: str | None = Field(default=None, max_length=ANSWER_MAX)
+    metadata: dict[str, Any] | None = None
+
+
+class HitTestRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=2000)
+    limit: int = Field(default=10, ge=1, le=100)
+
+
+class PrivateMemoryUpdate(BaseModel):
+    content: str | None = Field(default=None, min_length=1, max_length=10_000)
+    metadata: dict[str, Any] | None = None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A short Chinese description of why an import row is not a valid entry."""
+    messages: list[str] = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        field = loc[0] if loc else ""
+        kind = err.get("type", "")
+        limit = (err.get("ctx") or {}).get("max_length")
+        if kind == "missing":
+            text = "缺少答案 answer" if field == "answer" else f"缺少字段 {field}"
+        elif kind == "string_too_long":
+            text = f"字段 {'.'.join(loc)} 过长（最多 {limit} 个字符）"
+        elif kind == "too_long":
+            text = f"字段 {field} 条目过多（最多 {limit} 条）"
+        elif kind.endswith("_type") or kind.endswith("_parsing"):
+            text = f"字段 {'.'.join(loc)} 类型错误"
+        elif kind == "value_error":
+            text = str(err.get("msg", "")).removeprefix("Value error, ")
+        else:
+            text = f"字段 {'.'.join(loc) or '（整行）'} 无效"
+        messages.append(text)
+    return "；".join(messages)
