@@ -18,6 +18,9 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from .config import Settings, get_settings
 from .db.engine import Database
@@ -31,7 +34,9 @@ EXIT_OK, EXIT_REJECTED, EXIT_PARTIAL = 0, 1, 2
 
 
 @asynccontextmanager
-async def knowledge_service(settings: Settings, *, load_index: bool = False) -> AsyncIterator[KnowledgeService]:
+async def knowledge_service(
+    settings: Settings, *, load_index: bool = False
+) -> AsyncIterator[KnowledgeService]:
     if not settings.database_url:
         Path(settings.memory_db_path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     db = Database(settings)
@@ -52,8 +57,8 @@ async def run_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress_bar(show: bool):  # type: ignore[no-untyped-def]
-    from tqdm import tqdm
+def _progress_bar(show: bool) -> Any:
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(total=0, unit="条", file=sys.stderr, disable=not show, dynamic_ncols=True)
 
@@ -86,7 +91,9 @@ def _report(report: ImportReport) -> int:
     if report.rejected:
         print(f"严格模式：{report.failed} 行数据有误，未导入任何条目")
         return EXIT_REJECTED
-    print(f"新增 {report.created} 条，更新 {report.updated} 条，失败 {report.failed} 条，删除 {report.deleted} 条")
+    print(
+        f"新增 {report.created} 条，更新 {report.updated} 条，失败 {report.failed} 条，删除 {report.deleted} 条"
+    )
     print(f"导入 {report.imported} 条，用时 {report.seconds:.2f} 秒，每秒 {report.rate:.0f} 条")
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
@@ -95,9 +102,9 @@ async def run_export(settings: Settings, args: argparse.Namespace) -> int:
     async with knowledge_service(settings) as knowledge:
         chunks = knowledge.export(args.format)
         if args.output and args.output != "-":
-            with open(args.output, "w", encoding="utf-8", newline="") as handle:
+            async with await anyio.open_file(args.output, "w", encoding="utf-8", newline="") as handle:
                 async for chunk in chunks:
-                    handle.write(chunk)
+                    await handle.write(chunk)
         else:
             async for chunk in chunks:
                 sys.stdout.buffer.write(chunk.encode("utf-8"))
@@ -121,7 +128,9 @@ async def run_search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="c-app", description="智能客服知识库管理（使用与服务相同的环境变量配置）")
+    parser = argparse.ArgumentParser(
+        prog="c-app", description="智能客服知识库管理（使用与服务相同的环境变量配置）"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="输出运行日志")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -136,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--format", choices=["jsonl", "csv", "markdown"], help="文件格式（默认按扩展名判断）")
     imp.add_argument("--strict", action="store_true", help="任何一行有误则什么都不导入")
     imp.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="显示进度条（默认：终端中显示）"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="显示进度条（默认：终端中显示）",
     )
 
     exp = commands.add_parser("export", help="导出整个知识库")

@@ -68,12 +68,42 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4000, ge=1)
     max_message_parts: int = Field(default=10, ge=1)
 
+    ws_heartbeat_seconds: float = Field(default=20.0, gt=0)  # WebSocket ping interval; 2 missed = dead
+
     auth_mode: Literal["none", "api_key", "jwt"] = "none"
     admin_token: str | None = None
 
     # Knowledge-base management (admin API and `c-app`).
     max_import_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # one uploaded import file
     import_batch_size: int = Field(default=500, ge=1)  # entries written per transaction
+
+    # Security (issue 5). AUTH_MODE=api_key: API_KEYS, comma separated. AUTH_MODE=jwt: JWT_SECRET (HS256)
+    # or JWT_PUBLIC_KEY (RS256, PEM text or a file path); `sub` is the user id.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: int = Field(default=0, ge=0, le=300)  # seconds of clock skew tolerated on exp
+    # Signs /static/uploads URLs so an <img> tag works with auth on; unset: random per process (one replica only).
+    url_signing_secret: SecretStr | None = None
+    upload_url_ttl: int = Field(default=24 * 3600, ge=60)
+    upload_quota_bytes: int = Field(default=200 * 1024 * 1024, ge=0)  # per user; 0 disables
+    # "N/second|minute|hour|day" (the `limits` notation); "0" or empty disables. Counted per user and per address.
+    rate_limit_stream: str = "30/minute"
+    rate_limit_upload: str = "20/minute"
+    rate_limit_memory: str = "60/minute"
+    rate_limit_key_prefix: str = "c_app"
+    redis_url: str | None = None
+    hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0: header not sent
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("cors_origins", "image_url_hosts", mode="before")
     @classmethod

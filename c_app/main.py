@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from . import __version__
 from .api import api_router
 from .api.deps import Services
+from .api.openai_compat import router as openai_router
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setup_cors(app, settings)
     setup_static_files(app, settings.upload_dir)
     app.include_router(api_router, prefix="/api")
+    app.include_router(openai_router)
 
     @app.get("/", tags=["系统"])
     async def root() -> JSONResponse:

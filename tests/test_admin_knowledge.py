@@ -27,8 +27,12 @@ ENTRY = {
 
 @pytest.fixture
 async def admin(start_app):
-    """An app with ADMIN_TOKEN=t0k and an empty knowledge base; its client sends the token."""
-    app, client = await start_app(admin_token="t0k", load_sample_kb=False)
+    """An app with ADMIN_TOKEN=t0k and an empty knowledge base; its client sends the token.
+
+    The change log is not polled during a test, so search sees a write only if the write itself
+    updated this process's index.
+    """
+    app, client = await start_app(admin_token="t0k", load_sample_kb=False, index_refresh_interval=3600)
     client.headers.update(AUTH)
     return app, client
 
@@ -75,7 +79,11 @@ def upload(content: str | bytes, name: str, **form):
 )
 async def test_refused_without_the_right_token(start_app, headers):
     app, client = await start_app(admin_token="t0k", load_sample_kb=False)
-    for method, path, body in (("GET", KB, None), ("POST", KB, ENTRY), ("POST", f"{KB}/hit-test", {"query": "x"})):
+    for method, path, body in (
+        ("GET", KB, None),
+        ("POST", KB, ENTRY),
+        ("POST", f"{KB}/hit-test", {"query": "x"}),
+    ):
         response = await client.request(method, path, json=body, headers=headers)
         body_json = assert_envelope(response, 401)
         assert body_json["error"]["type"] == "HTTPException"
@@ -104,7 +112,11 @@ async def test_crud_round_trip_keeps_search_current(admin):
     assert created["answer"] == ENTRY["answer"] and created["similar_questions"] == ENTRY["similar_questions"]
     [row] = await public_rows(app)
     assert (row.id, row.owner_id, row.external_id, row.question, row.content) == (
-        entry_id, "", "faq-invoice-title", ENTRY["question"], ENTRY["answer"]
+        entry_id,
+        "",
+        "faq-invoice-title",
+        ENTRY["question"],
+        ENTRY["answer"],
     )
     assert await count(app, MemoryChange, MemoryChange.memory_id == entry_id) == 1
     # Found at once through the customer route, by a paraphrase.
@@ -128,7 +140,9 @@ async def test_crud_round_trip_keeps_search_current(admin):
     assert await public_rows(app) == []
     assert entry_id not in await retrieved_ids(client, "会员积分什么时候过期")
     for method in ("GET", "PUT", "DELETE"):
-        response = await client.request(method, f"{KB}/{entry_id}", json={"answer": "x"} if method == "PUT" else None)
+        response = await client.request(
+            method, f"{KB}/{entry_id}", json={"answer": "x"} if method == "PUT" else None
+        )
         assert_envelope(response, 404, "知识条目不存在")
 
 
@@ -146,8 +160,18 @@ async def test_crud_round_trip_keeps_search_current(admin):
         {"external_id": "x" * 201},
         {"question": 123},
     ],
-    ids=["no-answer", "blank-answer", "no-question", "long-question", "long-answer", "many-similar",
-         "long-similar", "long-category", "long-external-id", "wrong-type"],
+    ids=[
+        "no-answer",
+        "blank-answer",
+        "no-question",
+        "long-question",
+        "long-answer",
+        "many-similar",
+        "long-similar",
+        "long-category",
+        "long-external-id",
+        "wrong-type",
+    ],
 )
 async def test_invalid_entries_are_refused(admin, change):
     app, client = admin
@@ -172,7 +196,7 @@ async def test_duplicate_external_id_is_a_conflict(admin):
 
 
 async def test_list_pages_and_filters(admin):
-    app, client = admin
+    _, client = admin
     for i in range(25):
         category = "会员" if i % 5 == 0 else "物流"
         title = f"VIP 权益 {i}" if i % 5 == 0 else f"快递 {i}"
@@ -202,7 +226,9 @@ async def test_list_pages_and_filters(admin):
 
 JSONL_WITH_BAD_ROWS = "\n".join(
     [
-        json.dumps({"external_id": "j1", "question": "运费险怎么理赔？", "answer": "签收后在订单页申请理赔。"}),
+        json.dumps(
+            {"external_id": "j1", "question": "运费险怎么理赔？", "answer": "签收后在订单页申请理赔。"}
+        ),
         '{"question": "坏的 JSON", ',
         "",
         json.dumps({"question": "没有答案的问题"}),
@@ -280,9 +306,15 @@ async def test_markdown_faq_gives_one_entry_per_question(admin):
     stored = {row.question: row for row in await public_rows(app)}
     assert set(stored) == {"怎么申请退货？", "退款多久到账？", "可以开电子发票吗？"}
     returns = stored["怎么申请退货？"]
-    assert returns.category == "退换货" and "### 注意事项" in returns.content and "商品需保持完好" in returns.content
+    assert (
+        returns.category == "退换货"
+        and "### 注意事项" in returns.content
+        and "商品需保持完好" in returns.content
+    )
     assert stored["可以开电子发票吗？"].category == "发票"
-    assert returns.meta["document"] == "faq.md" and returns.external_id == f"faq.md#{returns.meta['position']}"
+    assert (
+        returns.meta["document"] == "faq.md" and returns.external_id == f"faq.md#{returns.meta['position']}"
+    )
     assert (await retrieved_ids(client, "退款几天能到账"))[:1] == [stored["退款多久到账？"].id]
 
 
@@ -341,7 +373,8 @@ async def test_reimport_updates_instead_of_duplicating(admin):
 
     def lines(answer: str) -> str:
         return "\n".join(
-            json.dumps({"external_id": f"r{i}", "question": f"问题{i}？", "answer": f"{answer}{i}"}) for i in range(3)
+            json.dumps({"external_id": f"r{i}", "question": f"问题{i}？", "answer": f"{answer}{i}"})
+            for i in range(3)
         )
 
     first = (await client.post(f"{KB}/import", **upload(lines("旧答案"), "kb.jsonl"))).json()["data"]
@@ -365,7 +398,11 @@ async def test_import_input_errors(start_app):
     assert_envelope(await client.post(f"{KB}/import", **upload(big, "kb.jsonl")), 413)
     assert_envelope(await client.post(f"{KB}/import", **upload("{}", "kb.txt")), 400)
     assert_envelope(await client.post(f"{KB}/import", **upload("{}", "kb.jsonl", format="xml")), 400)
-    assert_envelope(await client.post(f"{KB}/import", **upload("问题".encode("gbk"), "kb.csv")), 400, "文件不是 UTF-8 编码")
+    assert_envelope(
+        await client.post(f"{KB}/import", **upload("问题".encode("gbk"), "kb.csv")),
+        400,
+        "文件不是 UTF-8 编码",
+    )
     assert await count(app, Memory) == 0
     # An explicit format wins over the name.
     ok = json.dumps({"question": "q？", "answer": "a"})
@@ -377,8 +414,17 @@ async def test_import_input_errors(start_app):
 
 ROUND_TRIP = [
     {**ENTRY, "metadata": {"source": "运营", "tags": ["a", "b"]}},
-    {"question": "竖线|在问题里怎么办？", "similar_questions": ["a|b", "c"], "answer": '含"引号",逗号\n和换行'},
-    {"title": "[活动] 双十一", "category": "活动", "similar_questions": ["[活动] 满减"], "answer": "满300减40。"},
+    {
+        "question": "竖线|在问题里怎么办？",
+        "similar_questions": ["a|b", "c"],
+        "answer": '含"引号",逗号\n和换行',
+    },
+    {
+        "title": "[活动] 双十一",
+        "category": "活动",
+        "similar_questions": ["[活动] 满减"],
+        "answer": "满300减40。",
+    },
 ]
 
 
@@ -390,7 +436,9 @@ async def test_export_then_import_round_trips(admin):
     async def export(fmt: str) -> str:
         response = await client.get(f"{KB}/export", params={"format": fmt})
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/csv" if fmt == "csv" else "application/x-ndjson")
+        assert response.headers["content-type"].startswith(
+            "text/csv" if fmt == "csv" else "application/x-ndjson"
+        )
         return response.text
 
     async def clear() -> None:
@@ -409,7 +457,13 @@ async def test_export_then_import_round_trips(admin):
         await clear()
         response = await client.post(f"{KB}/import", **upload(content, f"export.{fmt}"))
         assert response.json()["data"] | {"seconds": 0, "entries_per_second": 0} == {
-            "created": 3, "updated": 0, "failed": 0, "deleted": 0, "errors": [], "seconds": 0, "entries_per_second": 0
+            "created": 3,
+            "updated": 0,
+            "failed": 0,
+            "deleted": 0,
+            "errors": [],
+            "seconds": 0,
+            "entries_per_second": 0,
         }
         assert [json.loads(line) for line in (await export("jsonl")).splitlines()] == exported, fmt
     assert_envelope(await client.get(f"{KB}/export", params={"format": "xml"}), 400)
@@ -417,7 +471,9 @@ async def test_export_then_import_round_trips(admin):
 
 async def test_export_of_many_entries_streams_them_all(admin):
     app, client = admin
-    lines = "\n".join(json.dumps({"external_id": f"e{i}", "question": f"问题{i}", "answer": "答"}) for i in range(2500))
+    lines = "\n".join(
+        json.dumps({"external_id": f"e{i}", "question": f"问题{i}", "answer": "答"}) for i in range(2500)
+    )
     (await client.post(f"{KB}/import", **upload(lines, "kb.jsonl"))).raise_for_status()
     response = await client.get(f"{KB}/export")
     exported = [json.loads(line)["external_id"] for line in response.text.splitlines()]
@@ -432,7 +488,9 @@ async def test_export_of_many_entries_streams_them_all(admin):
 async def test_hit_test_explains_the_ranking(admin):
     app, client = admin
     entry_id = (await client.post(KB, json=ENTRY)).json()["data"]["id"]
-    (await client.post(KB, json={"question": "会员积分怎么用？", "answer": "下单时可抵扣。"})).raise_for_status()
+    (
+        await client.post(KB, json={"question": "会员积分怎么用？", "answer": "下单时可抵扣。"})
+    ).raise_for_status()
     response = await client.post(f"{KB}/hit-test", json={"query": "请问发票抬头填错了怎么办呀", "limit": 5})
     assert response.status_code == 200, response.text
     data = response.json()["data"]

@@ -31,7 +31,13 @@ def cli(tmp_path: Path):
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # cwd: an empty folder, so no .env file is read.
         done = subprocess.run(
-            [str(C_APP), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+            [str(C_APP), *args],
+            check=False,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check:
             assert done.returncode == 0, done.stderr
@@ -49,9 +55,19 @@ def public_rows(db_path: Path) -> list[tuple]:
 
 
 ENTRIES = [
-    {"external_id": "k1", "question": "运费险怎么理赔？", "similar_questions": ["运费险如何赔付"], "answer": "签收后申请理赔。"},
+    {
+        "external_id": "k1",
+        "question": "运费险怎么理赔？",
+        "similar_questions": ["运费险如何赔付"],
+        "answer": "签收后申请理赔。",
+    },
     {"external_id": "k2", "question": "可以开电子发票吗？", "answer": "可以，下单时选择电子发票。"},
-    {"external_id": "k3", "category": "会员", "question": "会员积分什么时候过期？", "answer": "积分有效期十二个月。"},
+    {
+        "external_id": "k3",
+        "category": "会员",
+        "question": "会员积分什么时候过期？",
+        "answer": "积分有效期十二个月。",
+    },
 ]
 
 
@@ -123,7 +139,10 @@ def test_csv_and_markdown_imports(cli, tmp_path):
     doc.write_text("# 配送说明\n\n普通快递三天内送达。偏远地区顺延两天。\n", encoding="utf-8")
     cli("import", str(doc), "--format", "markdown")
     rows = public_rows(cli.db_path)
-    assert rows[0][:3] == ("c1", "怎么退货？", "七天无理由退货。") and json.loads(rows[0][3]) == ["退货流程", "如何退货"]
+    assert rows[0][:3] == ("c1", "怎么退货？", "七天无理由退货。") and json.loads(rows[0][3]) == [
+        "退货流程",
+        "如何退货",
+    ]
     assert rows[1][0] == "notes.txt#1" and rows[1][2] == "普通快递三天内送达。偏远地区顺延两天。"
 
 

@@ -20,14 +20,27 @@ async def add(client, user_id: str, content: str, metadata: dict | None = None) 
 
 
 async def private_hits(client, user_id: str, query: str) -> dict[int, str]:
+    return {memory_id: content for memory_id, (content, _) in (await scored_hits(client, user_id, query)).items()}
+
+
+async def scored_hits(client, user_id: str, query: str) -> dict[int, tuple[str, float]]:
     response = await client.post(RETRIEVE, json={"user_id": user_id, "query": query, "limit": 5})
-    return {m["id"]: m["content"] for m in response.json()["data"]["memories"] if m["type"] == "private"}
+    memories = response.json()["data"]["memories"]
+    return {m["id"]: (m["content"], m["relevance_score"]) for m in memories if m["type"] == "private"}
+
+
+@pytest.fixture
+async def app_client(start_app):
+    """The change log is not polled here: search sees a write only if the write updated the index."""
+    return await start_app(index_refresh_interval=3600)
 
 
 def assert_not_found(response) -> None:
     assert response.status_code == 404
     body = response.json()
-    assert body["success"] is False and body["error"]["message"] == "记忆不存在" and body["error"]["code"] == 404
+    assert (
+        body["success"] is False and body["error"]["message"] == "记忆不存在" and body["error"]["code"] == 404
+    )
 
 
 async def test_list_is_paged_newest_first_and_per_user(client):
@@ -44,7 +57,11 @@ async def test_list_is_paged_newest_first_and_per_user(client):
     everything = (await client.get(f"{PRIVATE}/u1")).json()["data"]["memories"]
     assert [m["memory_id"] for m in everything] == ids[::-1]
     assert (await client.get(f"{PRIVATE}/nobody")).json()["data"] | {"memories": None} == {
-        "user_id": "nobody", "total": 0, "limit": 20, "offset": 0, "memories": None
+        "user_id": "nobody",
+        "total": 0,
+        "limit": 20,
+        "offset": 0,
+        "memories": None,
     }
 
 
@@ -58,18 +75,26 @@ async def test_update_changes_what_search_finds(app, client):
     memory_id = await add(client, "u1", "我的收货地址是杭州市西湖区文三路", {"title": "地址"})
     assert memory_id in await private_hits(client, "u1", "我的收货地址")
 
-    response = await client.put(f"{PRIVATE}/u1/{memory_id}", json={"content": "我的收货地址改成了上海市浦东新区世纪大道"})
+    response = await client.put(
+        f"{PRIVATE}/u1/{memory_id}", json={"content": "我的收货地址改成了上海市浦东新区世纪大道"}
+    )
     assert response.status_code == 200, response.text
     data = response.json()["data"]
-    assert data["content"] == "我的收货地址改成了上海市浦东新区世纪大道" and data["metadata"] == {"title": "地址"}
+    assert data["content"] == "我的收货地址改成了上海市浦东新区世纪大道" and data["metadata"] == {
+        "title": "地址"
+    }
     [row] = await rows(app, Memory, Memory.id == memory_id)
     assert row.content == data["content"] and row.scope == "private" and row.owner_id == "u1"
-    assert (await private_hits(client, "u1", "上海市浦东新区世纪大道"))[memory_id] == data["content"]
+    content, score = (await scored_hits(client, "u1", "上海市浦东新区世纪大道"))[memory_id]
+    assert content == data["content"] and score >= 0.5  # the index holds the new text
+    assert (await scored_hits(client, "u1", "杭州市西湖区文三路")).get(memory_id, ("", 0.0))[1] < 0.5
 
     response = await client.put(f"{PRIVATE}/u1/{memory_id}", json={"metadata": {"title": "新地址", "k": 1}})
     assert response.status_code == 200
     [row] = await rows(app, Memory, Memory.id == memory_id)
-    assert row.meta == {"title": "新地址", "k": 1} and row.title == "新地址" and row.content == data["content"]
+    assert (
+        row.meta == {"title": "新地址", "k": 1} and row.title == "新地址" and row.content == data["content"]
+    )
 
     for body in ({}, {"content": "   "}):
         response = await client.put(f"{PRIVATE}/u1/{memory_id}", json=body)
@@ -82,7 +107,10 @@ async def test_delete_removes_the_memory_from_search(app, client):
     keep_id = await add(client, "u1", "我的会员卡号是 8888")
     assert memory_id in await private_hits(client, "u1", "花生过敏")
     response = await client.delete(f"{PRIVATE}/u1/{memory_id}")
-    assert response.status_code == 200 and response.json()["data"] == {"memory_id": memory_id, "user_id": "u1"}
+    assert response.status_code == 200 and response.json()["data"] == {
+        "memory_id": memory_id,
+        "user_id": "u1",
+    }
     assert await rows(app, Memory, Memory.id == memory_id) == []
     assert memory_id not in await private_hits(client, "u1", "花生过敏")
     assert [row.id for row in await rows(app, Memory, Memory.scope == "private")] == [keep_id]

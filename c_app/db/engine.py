@@ -12,21 +12,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ..config import Settings
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the writer; busy_timeout makes writers queue instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the writer; busy_timeout makes writers queue instead of failing.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return on_connect
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 10})
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        busy_ms = settings.sqlite_busy_timeout_ms
+        engine = create_async_engine(url, connect_args={"timeout": busy_ms / 1000})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_ms))
         return engine
     connect_args: dict[str, Any] = {}
     if settings.database_schema:

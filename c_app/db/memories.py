@@ -251,10 +251,12 @@ async def page(
     newest_first: bool = False,
 ) -> tuple[list[Memory], int]:
     """One page of an owner's scope (optionally filtered) and the total matching count."""
-    where = {"scope": scope, "owner_id": owner_id, "category": category, "text": text}
-    total = (await db.execute(_filtered(select(func.count(Memory.id)), **where))).scalar_one()
+    def filtered(query: Any) -> Any:
+        return _filtered(query, scope=scope, owner_id=owner_id, category=category, text=text)
+
+    total = (await db.execute(filtered(select(func.count(Memory.id))))).scalar_one()
     order = Memory.id.desc() if newest_first else Memory.id
-    query = _filtered(select(Memory), **where).order_by(order).offset(offset).limit(limit)
+    query = filtered(select(Memory)).order_by(order).offset(offset).limit(limit)
     return list((await db.execute(query)).scalars()), total
 
 

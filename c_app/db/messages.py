@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Message, utcnow
@@ -50,3 +51,53 @@ async def list_recent(db: AsyncSession, session_id: str, *, owner_id: str | None
     rows = list((await db.execute(query.order_by(Message.id.desc()).limit(limit))).scalars())
     rows.reverse()
     return rows
+
+
+async def page(
+    db: AsyncSession,
+    session_id: str,
+    *,
+    limit: int,
+    before: int | None = None,
+    after: int | None = None,
+    newest_first: bool = False,
+) -> tuple[list[Message], bool]:
+    """One page of a session's messages, and whether more lie beyond it in the direction read.
+
+    `before` reads back from a message (the `limit` nearest older ones), `after` reads forward from
+    one; with neither, the page starts at the newest (newest_first) or the oldest message. The rows
+    come back in the order asked for. The caller has already checked who owns the session.
+    """
+    query = select(Message).where(Message.session_id == session_id)
+    if before is not None:
+        query = query.where(Message.id < before)
+    if after is not None:
+        query = query.where(Message.id > after)
+    reads_backwards = before is not None or (after is None and newest_first)
+    query = query.order_by(Message.id.desc() if reads_backwards else Message.id.asc()).limit(limit + 1)
+    rows = list((await db.execute(query)).scalars())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if reads_backwards != newest_first:
+        rows.reverse()
+    return rows, has_more
+
+
+async def get(db: AsyncSession, message_id: int, *, owner_id: str | None) -> Message | None:
+    query = select(Message).where(Message.id == message_id)
+    if owner_id is not None:
+        query = query.where(Message.user_id == owner_id)
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def delete_for_session(db: AsyncSession, session_id: str) -> int:
+    """Delete a session's messages; the FK cascade would too, but this holds whatever the PRAGMAs say."""
+    result = await db.execute(delete(Message).where(Message.session_id == session_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_feedback(row: Message, *, rating: str | None, comment: str | None, at: datetime | None) -> None:
+    # Cleared feedback leaves no trace: rating, comment and time go together.
+    row.feedback = rating
+    row.feedback_comment = comment if rating is not None else None
+    row.feedback_at = at if rating is not None else None

@@ -83,6 +83,10 @@ class Message(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The customer's rating of an answer: "like" | "dislike" | None (not rated, or cleared).
+    feedback: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    feedback_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (Index("ix_messages_session_id_id", "session_id", "id"),)
 

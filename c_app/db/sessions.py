@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import ChatSession, Message, utcnow
@@ -78,5 +78,23 @@ async def statistics(db: AsyncSession, *, active_within: timedelta) -> dict[str,
             )
         )
     ).one()
-    messages = (await db.execute(select(func.count(Message.id)))).scalar_one()
-    return {"total_sessions": sessions[0], "active_sessions": sessions[1], "total_messages": messages}
+    messages = (
+        await db.execute(
+            select(
+                func.count(Message.id),
+                func.count(Message.id).filter(Message.feedback == "like"),
+                func.count(Message.id).filter(Message.feedback == "dislike"),
+            )
+        )
+    ).one()
+    return {
+        "total_sessions": sessions[0],
+        "active_sessions": sessions[1],
+        "total_messages": messages[0],
+        "feedback_likes": messages[1],
+        "feedback_dislikes": messages[2],
+    }
+
+
+async def delete_one(db: AsyncSession, session_id: str) -> None:
+    await db.execute(delete(ChatSession).where(ChatSession.id == session_id))

@@ -2,11 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 ID_MAX = 128
+# No control characters (C0, DEL, C1) and no "/" in ids: they end up in URLs, logs and file names.
+# Empty is allowed by the type so the routes can answer the seed's 400 ("用户ID不能为空").
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f/]*$"
+IdStr = Annotated[str, StringConstraints(max_length=ID_MAX, pattern=ID_PATTERN)]
+JSON_MAX_DEPTH = 5
+JSON_MAX_KEYS = 50
+
+
+def valid_id(value: str) -> bool:
+    """What IdStr admits, plus non-empty: for ids that arrive outside a schema (tokens, path checks)."""
+    return 0 < len(value) <= ID_MAX and "/" not in value and not any(
+        ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value
+    )
+
+
+def _check_json(value: Any, depth: int, keys: list[int]) -> None:
+    # PostgreSQL cannot store NUL in text or JSONB, and unbounded nesting costs every reader: refuse both.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("不能包含空字符")
+        return
+    if isinstance(value, dict | list):
+        if depth > JSON_MAX_DEPTH:
+            raise ValueError(f"嵌套层级不能超过 {JSON_MAX_DEPTH} 层")
+        if isinstance(value, dict):
+            keys[0] += len(value)
+            if keys[0] > JSON_MAX_KEYS:
+                raise ValueError(f"键的数量不能超过 {JSON_MAX_KEYS} 个")
+            for key, item in value.items():
+                _check_json(key, depth, keys)
+                _check_json(item, depth + 1, keys)
+        else:
+            for item in value:
+                _check_json(item, depth + 1, keys)
+
+
+def bounded_json(value: Any) -> Any:
+    """Metadata and message parts: at most 5 levels deep, 50 keys in all, no NUL anywhere."""
+    if value is not None:
+        _check_json(value, 1, [0])
+    return value
+
+
+def no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("不能包含空字符")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+BoundedMetadata = Annotated[dict[str, Any] | None, AfterValidator(bounded_json)]
 
 
 class ChatMessage(BaseModel):
@@ -14,12 +65,12 @@ class ChatMessage(BaseModel):
 
     role: Literal["user"] = "user"
     # Parts are checked by the chat service so a malformed list gets the seed's 400 message.
-    content: str | list[Any]
+    content: Annotated[str | list[Any], AfterValidator(bounded_json)]
 
 
 class ChatRequest(BaseModel):
-    user_id: str = Field(max_length=ID_MAX)
-    session_id: str = Field(max_length=ID_MAX)
+    user_id: IdStr
+    session_id: IdStr
     message: ChatMessage
 
 
@@ -32,9 +83,9 @@ class ChatResponse(BaseModel):
 
 
 class SessionRequest(BaseModel):
-    user_id: str = Field(max_length=ID_MAX)
-    title: str | None = Field(default=None, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
+    user_id: IdStr
+    title: Text | None = Field(default=None, max_length=200)
+    description: Text | None = Field(default=None, max_length=2000)
 
 
 class SessionResponse(BaseModel):
@@ -50,14 +101,14 @@ class SessionResponse(BaseModel):
 
 
 class MemoryAddRequest(BaseModel):
-    user_id: str = Field(max_length=ID_MAX)
-    content: str = Field(max_length=10_000)
-    metadata: dict[str, Any] | None = None
+    user_id: IdStr
+    content: Text = Field(max_length=10_000)
+    metadata: BoundedMetadata = None
 
 
 class MemoryRetrieveRequest(BaseModel):
-    user_id: str = Field(max_length=ID_MAX)
-    query: str = Field(max_length=2_000)
+    user_id: IdStr
+    query: Text = Field(max_length=2_000)
     limit: int | None = Field(default=None, ge=1, le=50)
 
 

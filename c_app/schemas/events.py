@@ -22,6 +22,11 @@ class HandoffEvent(BaseModel):
     message: str
 
 
+class SuggestionsEvent(BaseModel):
+    type: Literal["suggestions"] = "suggestions"
+    questions: list[str]
+
+
 class DoneEvent(BaseModel):
     type: Literal["done"] = "done"
     message_id: int | None
@@ -44,4 +49,4 @@ class MetaEvent(BaseModel):
     usage: dict[str, Any] | None = None
 
 
-ChatEvent = DeltaEvent | SourcesEvent | HandoffEvent | DoneEvent | ErrorEvent
+ChatEvent = DeltaEvent | SourcesEvent | HandoffEvent | SuggestionsEvent | DoneEvent | ErrorEvent

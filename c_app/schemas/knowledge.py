@@ -78,7 +78,7 @@ def describe_errors(exc: ValidationError) -> str:
             text = f"字段 {'.'.join(loc)} 过长（最多 {limit} 个字符）"
         elif kind == "too_long":
             text = f"字段 {field} 条目过多（最多 {limit} 条）"
-        elif kind.endswith("_type") or kind.endswith("_parsing"):
+        elif kind.endswith(("_type", "_parsing")):
             text = f"字段 {'.'.join(loc)} 类型错误"
         elif kind == "value_error":
             text = str(err.get("msg", "")).removeprefix("Value error, ")

@@ -8,13 +8,15 @@ stream start: `Turn.events()` retrieves, runs the engine, and stores the answer 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -27,14 +29,27 @@ from ..db.models import utcnow
 from ..engines.base import Engine, TurnContext
 from ..errors import BadRequest, NotFound
 from ..schemas.customer import ChatMessage
-from ..schemas.events import ChatEvent, DeltaEvent, DoneEvent, ErrorEvent, HandoffEvent, MetaEvent, SourcesEvent
+from ..db.memories import PUBLIC, RetrievedMemory
+from ..schemas.events import (
+    ChatEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    HandoffEvent,
+    MetaEvent,
+    SourcesEvent,
+    SuggestionsEvent,
+)
 from .memory_service import MemoryService
 from .session_service import SessionService
 from .upload_service import UploadService
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RETRIEVE_LIMIT = 5
+SUGGESTION_FLOOR = 0.3
 UPLOAD_PREFIX = "/static/uploads/"
 _DATA_URL = re.compile(r"^data:image/(?:png|jpeg|gif|webp|bmp);base64,[A-Za-z0-9+/=]+$")
 HISTORY_LIMIT = 20
@@ -126,22 +141,30 @@ class Turn:
                 search=lambda query: service.memory.search(self.user_id, query, limit=RETRIEVE_LIMIT),
                 remember=self._remember,
             )
-            async for event in engine.stream(context):
-                if isinstance(event, MetaEvent):
-                    engine_name = event.engine or engine_name
-                    finished_as = event.status or finished_as
-                    usage = event.usage or usage
-                    continue
-                if isinstance(event, DeltaEvent):
-                    if not event.text:
+            stop = service.register(self.session_id)
+            try:
+                async for event in until_stopped(engine.stream(context), stop):
+                    if isinstance(event, MetaEvent):
+                        engine_name = event.engine or engine_name
+                        finished_as = event.status or finished_as
+                        usage = event.usage or usage
                         continue
-                    answer.append(event.text)
-                elif isinstance(event, SourcesEvent):
-                    sources = event.sources
-                elif isinstance(event, HandoffEvent):
-                    handoff = True
-                yield event
-            status = finished_as
+                    if isinstance(event, DeltaEvent):
+                        if not event.text:
+                            continue
+                        answer.append(event.text)
+                    elif isinstance(event, SourcesEvent):
+                        sources = event.sources
+                    elif isinstance(event, HandoffEvent):
+                        handoff = True
+                    yield event
+            finally:
+                service.unregister(self.session_id, stop)
+            status = "interrupted" if stop.is_set() else finished_as
+            if status != "interrupted":
+                questions = suggestions(memories, used=sources, asked=self.text)
+                if questions:
+                    yield SuggestionsEvent(questions=questions)
         except Exception:
             logger.exception("chat turn failed (session %s)", self.session_id)
             status = "partial" if answer else "failed"
@@ -186,6 +209,31 @@ class ChatService:
         self.uploads = uploads
         self.engine = engine
         self.sends_images = sends_images
+        # Turns being answered in this process, by session, so a stop request can end them.
+        self._running: dict[str, set[asyncio.Event]] = {}
+
+    def register(self, session_id: str) -> asyncio.Event:
+        stop = asyncio.Event()
+        self._running.setdefault(session_id, set()).add(stop)
+        return stop
+
+    def unregister(self, session_id: str, stop: asyncio.Event) -> None:
+        running = self._running.get(session_id)
+        if running is not None:
+            running.discard(stop)
+            if not running:
+                del self._running[session_id]
+
+    async def stop(self, session_id: str, *, owner_id: str | None) -> bool:
+        """Stop the answers being generated in a session (in this process). True if one was running."""
+        await self.sessions.get(session_id, owner_id=owner_id)
+        return self.interrupt(session_id)
+
+    def interrupt(self, session_id: str) -> bool:
+        running = self._running.get(session_id, set())
+        for event in running:
+            event.set()
+        return bool(running)
 
     async def _check_image(self, url: str, user_id: str) -> None:
         """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
@@ -270,6 +318,53 @@ class ChatService:
         except Exception:
             logger.exception("could not store the answer (session %s)", turn.session_id)
             return None
+
+
+def suggestions(memories: list[RetrievedMemory], *, used: list[dict[str, Any]], asked: str) -> list[str]:
+    """Up to three follow-up questions: other knowledge-base entries close to what was asked."""
+    used_ids = {item.get("id") for item in used}
+    questions: list[str] = []
+    for hit in memories:
+        question = hit.memory.question
+        if (
+            hit.scope != PUBLIC
+            or hit.score < SUGGESTION_FLOOR
+            or hit.memory.id in used_ids
+            or not question
+            or question == asked
+            or question in questions
+        ):
+            continue
+        questions.append(question)
+        if len(questions) == 3:
+            break
+    return questions
+
+
+async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:
+    """Iterate `source` until it ends or `stop` is set; a stop cancels the pending step at once,
+    so an engine waiting on its model is interrupted (and closes its upstream request)."""
+    iterator = aiter(source)
+    stopped = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[T] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            step = None
+            yield item
+    finally:
+        stopped.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
 
 
 def _title_from(text: str) -> str:

@@ -131,7 +131,9 @@ def parse_csv(text: str) -> Iterator[RawRow]:
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_LABEL = re.compile(r"^(?:\d+[.、)]\s*|[一二三四五六七八九十]+、\s*|(?:q\d*|问题?)\s*[:：.]\s*)", re.IGNORECASE)
+_LABEL = re.compile(
+    r"^(?:\d+[.、)]\s*|[一二三四五六七八九十]+、\s*|(?:q\d*|问题?)\s*[:：.]\s*)", re.IGNORECASE
+)
 _INTERROGATIVE = re.compile(
     r"^(?:如何|怎么|怎样|为什么|为何|为啥|什么|哪|是否|能否|能不能|可否|可以|可不可以|会不会|有没有|是不是|"
     r"要不要|多久|多少|多长|几|啥|咋|请问|how\b|what\b|why\b|when\b|where\b|which\b|can\b|do\b|does\b|is\b)",

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from .. import retrieval
 from ..config import Settings
 from ..db.models import Memory
 from ..errors import BadRequest, PayloadTooLarge
@@ -65,18 +64,6 @@ class ImportReport:
             "seconds": round(self.seconds, 3),
             "entries_per_second": round(self.rate, 1),
         }
-
-
-def analyze(query: str) -> dict[str, Any]:
-    """What retrieval makes of a query (normalised form, segmentation)."""
-    analyzer = getattr(retrieval, "analyze", None)
-    if analyzer is not None:
-        return dict(analyzer(query))
-    # Until retrieval.analyze lands: the normalised text and its index terms.
-    from ..retrieval.text import tokenize, words
-
-    normalized = retrieval.normalize(query)
-    return {"normalized": normalized, "words": words(normalized), "terms": tokenize(normalized)}
 
 
 class KnowledgeService:
@@ -237,7 +224,7 @@ class KnowledgeService:
         answered = bool(hits) and hits[0].score >= threshold
         return {
             "query": query,
-            **analyze(query),
+            **self.memory.explain(query),
             "threshold": threshold,
             "answered": answered,
             "answer_id": hits[0].memory.id if answered else None,

@@ -27,7 +27,7 @@ from ..db.engine import Database
 from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
 from ..db.models import Memory
 from ..errors import Conflict, NotFound
-from ..retrieval import DEFAULT_ANSWER_THRESHOLD, LexicalIndex
+from ..retrieval import DEFAULT_ANSWER_THRESHOLD, LexicalIndex, analyze
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +364,10 @@ class MemoryService:
         async with self.db.read() as db:
             rows = await repo.get_many(db, [doc for doc, _ in hits])
         return [RetrievedMemory(rows[doc], PUBLIC, score) for doc, score in hits if doc in rows]
+
+    def explain(self, query: str) -> dict[str, Any]:
+        """How the knowledge-base index reads a query: its normalised form and weighted terms."""
+        return analyze(query, self.public_index)
 
     async def get_public(self, memory_id: int) -> Memory:
         async with self.db.read() as db:

@@ -7,14 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
+from ..db import messages as messages_repo
 from ..db import sessions as repo
 from ..db import uploads as uploads_repo
 from ..db.engine import Database
-from ..db.models import ChatSession
-from ..errors import Forbidden, NotFound
+from ..db.models import ChatSession, Message, utcnow
+from ..errors import BadRequest, Forbidden, NotFound
 
 DEFAULT_TITLE = "新对话"
 ACTIVE_WITHIN = timedelta(hours=24)
+HISTORY_PAGE_MAX = 200
+TITLE_MAX = 200
+FEEDBACK_COMMENT_MAX = 1000
+RATINGS = ("like", "dislike")
 
 
 def new_session_id(user_id: str) -> str:
@@ -69,3 +74,65 @@ class SessionService:
             stats = await repo.statistics(db, active_within=ACTIVE_WITHIN)
             stats["total_uploads"] = await uploads_repo.count(db)
         return stats
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        owner_id: str | None,
+        limit: int,
+        before: int | None = None,
+        after: int | None = None,
+        newest_first: bool = False,
+    ) -> tuple[list[Message], bool]:
+        """A page of the session's messages and whether more lie beyond it (see db.messages.page)."""
+        if not 1 <= limit <= HISTORY_PAGE_MAX:
+            raise BadRequest(f"限制数量必须在1-{HISTORY_PAGE_MAX}之间")
+        if before is not None and after is not None:
+            raise BadRequest("before 和 after 不能同时使用")
+        async with self.db.read() as db:
+            if await repo.get(db, session_id, owner_id=owner_id) is None:
+                raise NotFound("会话不存在")
+            return await messages_repo.page(
+                db, session_id, limit=limit, before=before, after=after, newest_first=newest_first
+            )
+
+    async def rename(self, session_id: str, title: str, *, owner_id: str | None) -> ChatSession:
+        title = " ".join(title.split())  # one line in a session list: newlines and runs of spaces go
+        if not title:
+            raise BadRequest("会话标题不能为空")
+        if len(title) > TITLE_MAX:
+            raise BadRequest(f"会话标题不能超过{TITLE_MAX}个字符")
+        async with self.db.transaction() as db:
+            row = await repo.get(db, session_id, owner_id=owner_id)
+            if row is None:
+                raise NotFound("会话不存在")
+            row.title = title
+        return row
+
+    async def delete(self, session_id: str, *, owner_id: str | None) -> int:
+        """Delete the session and its messages; returns how many messages went. Memories stay."""
+        async with self.db.transaction() as db:
+            if await repo.get(db, session_id, owner_id=owner_id) is None:
+                raise NotFound("会话不存在")
+            removed = await messages_repo.delete_for_session(db, session_id)
+            await repo.delete_one(db, session_id)
+        return removed
+
+    async def set_feedback(
+        self, message_id: int, *, owner_id: str | None, rating: str | None, comment: str | None
+    ) -> Message:
+        """Rate an answer like/dislike with an optional comment; rating None clears both."""
+        if rating is not None and rating not in RATINGS:
+            raise BadRequest("评价只能是 like、dislike 或 null")
+        comment = (comment or "").strip() or None
+        if comment is not None and len(comment) > FEEDBACK_COMMENT_MAX:
+            raise BadRequest(f"评价内容不能超过{FEEDBACK_COMMENT_MAX}个字符")
+        async with self.db.transaction() as db:
+            row = await messages_repo.get(db, message_id, owner_id=owner_id)
+            if row is None:
+                raise NotFound("消息不存在")
+            if row.role != "assistant":
+                raise BadRequest("只能评价客服的回答")
+            messages_repo.set_feedback(row, rating=rating, comment=comment, at=utcnow())
+        return row

@@ -1,9 +1,11 @@
 from fastapi import APIRouter
 
+from . import admin, memory, sessions, ws
 from .customer import router as customer_router
 
 api_router = APIRouter()
 api_router.include_router(customer_router, prefix="/chat", tags=["智能客服"])
-from . import admin, memory  # noqa: E402  (knowledge-base management, private memories)
 api_router.include_router(memory.router, prefix="/chat", tags=["智能客服"])
+api_router.include_router(sessions.router, prefix="/chat", tags=["智能客服"])
 api_router.include_router(admin.router, prefix="/admin", tags=["知识库管理"])
+api_router.include_router(ws.router, prefix="/chat", tags=["智能客服"])

@@ -117,7 +117,9 @@ async def get_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> JSONResponse:
 
 
 @router.put("/knowledge/{entry_id}")
-async def update_entry(entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep) -> JSONResponse:
+async def update_entry(
+    entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep
+) -> JSONResponse:
     """修改知识条目（只改提交的字段）。"""
     return ok("更新成功", entry_item(await knowledge.update(entry_id, patch)))
 

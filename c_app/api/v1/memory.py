@@ -80,5 +80,9 @@ async def delete_private_memory(
     user_id = actor.act_for(user_id)
     await services.memory.delete_private(user_id, memory_id)
     return JSONResponse(
-        content={"success": True, "message": "记忆删除成功", "data": {"memory_id": memory_id, "user_id": user_id}}
+        content={
+            "success": True,
+            "message": "记忆删除成功",
+            "data": {"memory_id": memory_id, "user_id": user_id},
+        }
     )

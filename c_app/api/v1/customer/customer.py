@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -15,8 +13,8 @@ from fastapi.responses import JSONResponse
 from ....db.models import ChatSession
 from ....errors import BadRequest
 from ....schemas.customer import ChatRequest, MemoryAddRequest, MemoryRetrieveRequest, SessionRequest, SessionResponse
-from ....schemas.events import ChatEvent, DeltaEvent, DoneEvent, ErrorEvent
 from ...deps import ActorDep, ServicesDep
+from ...sse import frames, wants_typed
 from ...streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
@@ -39,17 +37,6 @@ def session_response(row: ChatSession) -> SessionResponse:
     )
 
 
-def sse_plain(event: ChatEvent) -> str | None:
-    """The seed's framing: answer text with newlines escaped, an error object, and [DONE] last."""
-    if isinstance(event, DeltaEvent):
-        return "data: " + event.text.replace("\n", "\\n").replace("\r", "\\r") + "\n\n"
-    if isinstance(event, ErrorEvent):
-        return "data: " + json.dumps({"error": event.message}, ensure_ascii=False) + "\n\n"
-    if isinstance(event, DoneEvent):
-        return "data: [DONE]\n\n"
-    return None
-
-
 def require_id(value: str, message: str) -> str:
     if not value or not value.strip():
         raise BadRequest(message)
@@ -57,21 +44,31 @@ def require_id(value: str, message: str) -> str:
 
 
 @router.post("/stream")
-async def stream_chat(request: ChatRequest, services: ServicesDep, actor: ActorDep) -> EventStreamResponse:
-    """流式聊天接口：以 Server-Sent Events 返回回答。"""
+async def stream_chat(
+    request: ChatRequest, http_request: Request, services: ServicesDep, actor: ActorDep
+) -> EventStreamResponse:
+    """流式聊天接口：以 Server-Sent Events 返回回答（`?events=typed` 返回带类型的事件）。"""
     user_id = actor.act_for(request.user_id)
     require_id(request.session_id, "会话ID不能为空")
     if not request.message.content:
         raise BadRequest("消息内容不能为空")
     turn = await services.chat.prepare(user_id=user_id, session_id=request.session_id, message=request.message)
 
-    async def frames() -> AsyncIterator[str]:
-        async for event in turn.events():
-            frame = sse_plain(event)
-            if frame is not None:
-                yield frame
+    return EventStreamResponse(frames(turn.events(), typed=wants_typed(http_request)))
 
-    return EventStreamResponse(frames())
+
+@router.post("/session/{session_id}/stop")
+async def stop_generation(session_id: str, services: ServicesDep, actor: ActorDep) -> JSONResponse:
+    """停止该会话中正在生成的回答（已生成的部分会保存并标记为中断）。"""
+    require_id(session_id, "会话ID不能为空")
+    stopped = await services.chat.stop(session_id, owner_id=actor.scope)
+    return JSONResponse(
+        content={
+            "success": True,
+            "message": "已停止生成" if stopped else "当前没有正在生成的回答",
+            "data": {"session_id": session_id, "stopped": stopped},
+        }
+    )
 
 
 @router.post("/session/create", response_model=SessionResponse)

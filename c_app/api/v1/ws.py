@@ -1,0 +1,162 @@
+"""The WebSocket channel: the same chat turn as /stream, framed as typed JSON messages.
+
+Client → server frames (JSON text):
+    {"type": "message", "user_id", "session_id", "message": {"role": "user", "content": ...}}
+    {"type": "stop"}                 end the answer being generated (stored as interrupted)
+    {"type": "ping"} / {"type": "pong"}
+Server → client frames: {"type": "delta"|"sources"|"handoff"|"suggestions"|"done"|"error", ...}
+    as in c_app/schemas/events.py, plus {"type": "ready"} on connect, {"type": "ping"} heartbeats
+    and {"type": "pong"} answers.
+Several turns run one after another on one connection; a message sent while a turn is running
+is refused with an error frame. Malformed frames get an error frame and the connection stays.
+Close codes (RFC 6455): 1000 normal, 1001 heartbeat lost / server going away, 1003 binary data,
+1008 refused credentials, 1009 frame too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from ...errors import AppError
+from ...schemas.customer import ChatRequest
+from ...schemas.events import ChatEvent, ErrorEvent
+from ..deps import Services, websocket_actor
+from ..sse import event_payload
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+class _Connection:
+    def __init__(self, websocket: WebSocket, services: Services) -> None:
+        self.ws = websocket
+        self.services = services
+        settings = services.chat.settings
+        self.max_frame = settings.max_request_bytes
+        self.heartbeat = settings.ws_heartbeat_seconds
+        self.turn_task: asyncio.Task[None] | None = None
+        self.turn_session = ""
+        self.send_lock = asyncio.Lock()
+        self.last_seen = asyncio.get_running_loop().time()
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    async def error(self, message: str, code: int | None = None) -> None:
+        payload: dict[str, Any] = {"type": "error", "message": message}
+        if code is not None:
+            payload["code"] = code
+        await self.send(payload)
+
+    async def run(self) -> None:
+        actor = await websocket_actor(self.ws)
+        if actor is None:
+            return
+        self.actor = actor
+        await self.ws.accept()
+        await self.send({"type": "ready"})
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                self.last_seen = asyncio.get_running_loop().time()
+                text = message.get("text")
+                if text is None:
+                    await self.ws.close(code=1003, reason="binary frames are not supported")
+                    return
+                if len(text.encode()) > self.max_frame:
+                    await self.ws.close(code=1009, reason="frame too large")
+                    return
+                await self.handle(text)
+        except WebSocketDisconnect:
+            return
+        finally:
+            beat.cancel()
+            if self.turn_task is not None and not self.turn_task.done():
+                self.turn_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.turn_task
+
+    async def handle(self, text: str) -> None:
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            await self.error("消息格式错误：不是合法的 JSON", 400)
+            return
+        if not isinstance(frame, dict):
+            await self.error("消息格式错误：应为 JSON 对象", 400)
+            return
+        kind = frame.get("type", "message")
+        if kind == "ping":
+            await self.send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "stop":
+            if self.turn_task is not None and not self.turn_task.done():
+                self.services.chat.interrupt(self.turn_session)
+        elif kind == "message":
+            await self.start_turn(frame)
+        else:
+            await self.error(f"未知的消息类型: {str(kind)[:32]}", 400)
+
+    async def start_turn(self, frame: dict[str, Any]) -> None:
+        if self.turn_task is not None and not self.turn_task.done():
+            await self.error("上一条消息仍在回答中，请稍候或先停止", 409)
+            return
+        try:
+            request = ChatRequest.model_validate(frame)
+        except ValidationError:
+            await self.error("请求参数格式错误", 422)
+            return
+        try:
+            user_id = self.actor.act_for(request.user_id)
+            if not request.session_id.strip():
+                await self.error("会话ID不能为空", 400)
+                return
+            turn = await self.services.chat.prepare(
+                user_id=user_id, session_id=request.session_id, message=request.message
+            )
+        except AppError as exc:
+            await self.error(exc.message, exc.status_code)
+            return
+        self.turn_session = turn.session_id
+        self.turn_task = asyncio.create_task(self._stream(turn.events()))
+
+    async def _stream(self, events: Any) -> None:
+        event: ChatEvent
+        try:
+            async for event in events:
+                await self.send(event_payload(event))
+        except Exception:
+            logger.exception("websocket turn failed")
+            with contextlib.suppress(Exception):
+                await self.send(event_payload(ErrorEvent(message="处理聊天请求时发生错误，请稍后重试")))
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if loop.time() - self.last_seen > 2 * self.heartbeat:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=1001, reason="heartbeat lost")
+                return
+            with contextlib.suppress(Exception):
+                await self.send({"type": "ping"})
+
+
+@router.websocket("/ws")
+async def chat_websocket(websocket: WebSocket) -> None:
+    """WebSocket 聊天通道：发送 JSON 消息，接收带类型的事件帧。"""
+    services: Services = websocket.app.state.services
+    await _Connection(websocket, services).run()

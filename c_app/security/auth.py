@@ -1,0 +1,167 @@
+"""Who is calling: AUTH_MODE none | api_key | jwt, resolved to an `Actor`.
+
+- none: a trusted caller (development); the user is named in each request.
+- api_key: a trusted backend holding one of API_KEYS; it acts for any user id.
+- jwt: an end user; the token's `sub` is the only user the request may act for.
+
+Refusals, the same for every route (documented in README "Security"):
+- no or bad credentials: 401 "缺少认证信息" / "认证信息无效或已过期", with `WWW-Authenticate: Bearer`;
+- a user id in the path, body or form that is not the caller's: 403 "无权访问该用户的数据";
+- a session, memory or upload of someone else: the not-found answer of that object (404), because
+  every read is scoped to the caller (`Actor.scope`), so whether it exists is never revealed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import WebSocketException
+from starlette.websockets import WebSocket
+
+from ..config import Settings
+from ..errors import BadRequest, Forbidden, Unauthorized
+from ..schemas.customer import ID_MAX, valid_id
+
+logger = logging.getLogger(__name__)
+
+MISSING = "缺少认证信息"
+INVALID = "认证信息无效或已过期"
+FOREIGN_USER = "无权访问该用户的数据"
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+# WebSocket close code for a refused handshake (RFC 6455 "policy violation").
+WS_POLICY_VIOLATION = 1008
+
+AuthMode = Literal["none", "api_key", "jwt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is calling. user_id None: a trusted caller (AUTH_MODE none or an API key) acting for any user."""
+
+    user_id: str | None
+    mode: AuthMode = "none"
+
+    @property
+    def scope(self) -> str | None:
+        """The owner that reads are limited to (None: any owner)."""
+        return self.user_id
+
+    def act_for(self, user_id: str) -> str:
+        """The user id a request may act for, or an error (400 empty, 422 malformed, 403 someone else)."""
+        if not user_id or not user_id.strip():
+            raise BadRequest("用户ID不能为空")
+        if not valid_id(user_id):
+            # Schemas refuse these with 422; a route that takes the id some other way gets the same answer.
+            raise RequestValidationError(
+                [{"loc": ("user_id",), "msg": f"用户ID须为 1-{ID_MAX} 个字符，不含控制字符和 /", "type": "value_error"}]
+            )
+        if self.user_id is not None and not hmac.compare_digest(user_id.encode(), self.user_id.encode()):
+            raise Forbidden(FOREIGN_USER)
+        return user_id
+
+
+def _public_key(value: str) -> str:
+    # PEM text (newlines may arrive escaped from an env file) or the path of a PEM file.
+    text = value.replace("\\n", "\n").strip()
+    if text.startswith("-----BEGIN"):
+        return text
+    return Path(text).expanduser().read_text(encoding="utf-8")
+
+
+class Authenticator:
+    """Checks credentials for one app's settings (built once: keys parsed and validated at start-up)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode: AuthMode = settings.auth_mode
+        self.api_keys = [key.get_secret_value().encode() for key in settings.api_keys]
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.leeway = settings.jwt_leeway
+        self.jwt_key: Any = None
+        self.algorithms: list[str] = []
+        if self.mode == "api_key" and not self.api_keys:
+            raise ValueError("AUTH_MODE=api_key needs API_KEYS")
+        if self.mode == "jwt":
+            if settings.jwt_public_key:
+                self.jwt_key = _public_key(settings.jwt_public_key)
+                self.algorithms = ["RS256"]
+            elif settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
+                self.jwt_key = settings.jwt_secret.get_secret_value()
+                self.algorithms = ["HS256"]
+            else:
+                raise ValueError("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def authenticate(self, token: str | None) -> Actor:
+        """The actor a credential stands for; Unauthorized when it is missing or wrong."""
+        if self.mode == "none":
+            return Actor(user_id=None)
+        if not token:
+            raise Unauthorized(MISSING, headers=CHALLENGE)
+        if self.mode == "api_key":
+            given = token.encode()
+            # Compare against every key, so the time taken says nothing about which one nearly matched.
+            matched = False
+            for key in self.api_keys:
+                matched |= hmac.compare_digest(given, key)
+            if not matched:
+                raise Unauthorized(INVALID, headers=CHALLENGE)
+            return Actor(user_id=None, mode="api_key")
+        return Actor(user_id=self._jwt_subject(token), mode="jwt")
+
+    def _jwt_subject(self, token: str) -> str:
+        try:
+            claims = jwt.decode(
+                token,
+                self.jwt_key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            # The reason is useful to an operator, never the token itself.
+            logger.debug("jwt refused: %s", type(exc).__name__)
+            raise Unauthorized(INVALID, headers=CHALLENGE) from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not valid_id(subject):
+            raise Unauthorized(INVALID, headers=CHALLENGE)
+        return subject
+
+
+def credential_from(headers: Headers, query: QueryParams | None = None) -> str | None:
+    """The bearer token or API key a request carries (header first; `?token=` only where allowed)."""
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = headers.get("x-api-key", "").strip()
+    if api_key:
+        return api_key
+    if query is not None:
+        token = query.get("token", "").strip()
+        if token:
+            return token
+    return None
+
+
+async def authenticate_websocket(websocket: WebSocket) -> Actor:
+    """The actor of a WebSocket handshake: `?token=` (browsers cannot set headers) or the Authorization /
+    X-API-Key header. Refuses with close code 1008 before the socket is accepted."""
+    authenticator: Authenticator = websocket.app.state.authenticator
+    try:
+        return authenticator.authenticate(credential_from(websocket.headers, websocket.query_params))
+    except Unauthorized as exc:
+        raise WebSocketException(code=WS_POLICY_VIOLATION, reason=exc.message) from None

@@ -1,0 +1,194 @@
+"""Two server processes on one database: a write on A is searchable on B within a second.
+
+Each process keeps its own in-memory search index and follows the `memory_changes` log, so this
+is the one test where a time bound is the feature itself: B is polled (never a fixed sleep) until
+it shows the change, and the change must show within FRESHNESS seconds of A's response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .servers import free_port
+
+FRESHNESS = 1.0  # seconds: "an entry added on one replica is found by every replica within a second"
+START_TIMEOUT = 120.0  # generous: two interpreters load jieba on a shared 2-core machine
+ADMIN_TOKEN = "two-process-admin-token"
+USER = "replica-user"
+_ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+
+
+def server_env(database_settings: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """Only what the servers need: no stray DATABASE_URL or LLM key from the test's own environment."""
+    env = {key: os.environ[key] for key in _ENV_PASSTHROUGH if key in os.environ}
+    env.update({key.upper(): str(value) for key, value in database_settings.items()})
+    env.update(
+        UPLOAD_DIR=str(tmp_path / "uploads"),
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        LOAD_SAMPLE_KB="false",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@contextmanager
+def server_process(env: dict[str, str], cwd: Path, log: Path) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "c_app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_ready(client: httpx.AsyncClient, base: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get(f"{base}/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"server at {base} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture
+async def replicas(
+    database_settings: dict[str, Any], tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    env = server_env(database_settings, tmp_path)
+    with ExitStack() as stack:
+        # A first, so the schema is migrated once; B then starts on the migrated database.
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            a = stack.enter_context(server_process(env, tmp_path, logs[0]))
+            await wait_ready(client, a, logs[0])
+            b = stack.enter_context(server_process(env, tmp_path, logs[1]))
+            await wait_ready(client, b, logs[1])
+            yield client, a, b
+
+
+async def retrieve(client: httpx.AsyncClient, base: str, query: str) -> list[dict[str, Any]]:
+    response = await client.post(
+        f"{base}/api/v1/chat/memory/retrieve", json={"user_id": USER, "query": query, "limit": 5}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["memories"]
+
+
+async def seen_within(
+    client: httpx.AsyncClient,
+    base: str,
+    query: str,
+    condition: Callable[[list[dict[str, Any]]], bool],
+    since: float,
+) -> float:
+    """Poll `base` until `condition` holds for the query's hits; returns the delay after `since`."""
+    while True:
+        hits = await retrieve(client, base, query)
+        now = time.monotonic()
+        if condition(hits):
+            return now - since
+        assert now - since < FRESHNESS, f"not seen on the other replica after {FRESHNESS}s: {hits}"
+        await asyncio.sleep(0.02)
+
+
+def has(memory_id: int, kind: str, text: str | None = None) -> Callable[[list[dict[str, Any]]], bool]:
+    def check(hits: list[dict[str, Any]]) -> bool:
+        return any(
+            h["id"] == memory_id and h["type"] == kind and (text is None or text in h["content"]) for h in hits
+        )
+
+    return check
+
+
+def lacks(memory_id: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda hits: all(h["id"] != memory_id for h in hits)
+
+
+async def test_private_memory_written_on_a_is_found_updated_and_deleted_on_b(
+    replicas: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    client, a, b = replicas
+    query = "我的收货地址在哪里"
+    # B builds (and caches) this user's private index before the write, so only the change log can
+    # tell it about the new memory.
+    assert await retrieve(client, b, query) == []
+
+    response = await client.post(
+        f"{a}/api/v1/chat/memory/add",
+        json={"user_id": USER, "content": "我的收货地址是杭州市西湖区文三路100号", "metadata": {}},
+    )
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    memory_id = response.json()["data"]["memory_id"]
+    await seen_within(client, b, query, has(memory_id, "private", "文三路100号"), written)
+
+    response = await client.put(
+        f"{a}/api/v1/chat/memory/private/{USER}/{memory_id}",
+        json={"content": "我的收货地址改为上海市浦东新区世纪大道8号"},
+    )
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    await seen_within(client, b, query, has(memory_id, "private", "世纪大道8号"), written)
+
+    response = await client.delete(f"{a}/api/v1/chat/memory/private/{USER}/{memory_id}")
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    await seen_within(client, b, query, lacks(memory_id), written)
+
+
+async def test_knowledge_entry_written_on_a_is_found_updated_and_deleted_on_b(
+    replicas: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    client, a, b = replicas
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    question = "量子保温杯怎么清洗"
+    assert await retrieve(client, b, question) == []
+
+    response = await client.post(
+        f"{a}/api/v1/admin/knowledge",
+        headers=admin,
+        json={"question": question, "answer": "量子保温杯请用温水和软毛刷清洗，不要放进洗碗机。", "category": "售后"},
+    )
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    entry_id = response.json()["data"]["id"]
+    await seen_within(client, b, question, has(entry_id, "public", "软毛刷"), written)
+
+    new_question = "星空折叠伞可以机洗吗"
+    response = await client.put(
+        f"{a}/api/v1/admin/knowledge/{entry_id}",
+        headers=admin,
+        json={"question": new_question, "answer": "星空折叠伞不可机洗，请用湿布擦拭后晾干。"},
+    )
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    await seen_within(client, b, new_question, has(entry_id, "public", "湿布擦拭"), written)
+    # B serves the new answer only: the old one is gone from every hit.
+    assert not any("软毛刷" in h["content"] for h in await retrieve(client, b, question))
+
+    response = await client.delete(f"{a}/api/v1/admin/knowledge/{entry_id}", headers=admin)
+    written = time.monotonic()
+    assert response.status_code == 200, response.text
+    await seen_within(client, b, new_question, lacks(entry_id), written)
