@@ -45,6 +45,8 @@ USER = "faq-eval-user"
 THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # 0.50 .. 0.95
 MARGINS = [round(0.02 * i, 2) for i in range(16)]  # 0.00 .. 0.30
 TARGET = 0.9
+SHOWN_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+SHOWN_MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2)
 
 
 @dataclass(slots=True)
@@ -162,7 +164,12 @@ def threshold_table(outcomes: list[Outcome], questions: dict[int, str]) -> None:
     for t in THRESHOLDS:
         cov, p, pl = rule_stats(rows, t, 0.0)
         print(f"  {t:9.2f}  {cov:8.3f}  {p:9.3f}  {pl:18.3f}")
-    grid = [(t, m) for t in [round(0.3 + 0.05 * i, 2) for i in range(14)] for m in MARGINS]
+    print("  margin rule (answer when top1 >= t and top1 - top2 >= m): coverage / precision / lenient")
+    print("      t \\ m " + "".join(f"{m:>20.2f}" for m in SHOWN_MARGINS))
+    for t in SHOWN_THRESHOLDS:
+        cells = "".join("{:>8.3f}/{:.3f}/{:.3f}".format(*rule_stats(rows, t, m)) for m in SHOWN_MARGINS)
+        print(f"  {t:9.2f} {cells}")
+    grid = [(t, m) for t in [round(0.05 * i, 2) for i in range(20)] for m in MARGINS]
     for label, which in (("strict", 1), ("lenient", 2)):
         best: tuple[float, float, float, tuple[float, float, float]] | None = None
         for t, m in grid:

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0: header not sent
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
 
+    # Retrieval (issue 3). The KB answers directly only when its best hit also leads the runner-up
+    # by ANSWER_MARGIN (bench/faq_eval.py --threshold-table; bench/README.md has the figures).
+    answer_margin: float = Field(default=0.05, ge=0, le=1)
+    # Optional dense retrieval: any OpenAI-compatible /embeddings endpoint. Unset: lexical only.
+    embedding_base_url: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_api_key: SecretStr | None = None
+    embedding_timeout: float = Field(default=5.0, gt=0)  # seconds; a query then falls back to lexical
+    embedding_batch_size: int = Field(default=64, ge=1)
+    # Cosine that unrelated texts reach with the model: rescaled to 0 in the fused score.
+    embedding_min_similarity: float = Field(default=0.5, ge=0, lt=1)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

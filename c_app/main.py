@@ -19,6 +19,8 @@ from .api.openai_compat import router as openai_router
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
+from .api.middleware.request_id import RequestIdFilter
+from .api.chat_page import setup_chat_page
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .db.engine import Database
@@ -26,7 +28,10 @@ from .engines.base import Engine
 from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
 from .engines.llm_responder import LLMResponder
+from .retrieval.dense import EmbeddingClient
+from .security.setup import setup_security
 from .services.chat_service import ChatService
+from .services.dense_search import DenseSearch
 from .services.memory_service import MemoryService
 from .services.session_service import SessionService
 from .services.upload_service import UploadService
@@ -39,9 +44,11 @@ def configure_logging(settings: Settings) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if settings.log_file:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.addFilter(RequestIdFilter())  # a request id on every line, whichever logger wrote it
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+        format="%(asctime)s - %(name)s - %(levelname)s - [%(request_id)s] %(message)s",
         handlers=handlers,
     )
 
@@ -73,8 +80,23 @@ def build_engine(settings: Settings, memory: MemoryService) -> Engine:
     return FallbackEngine(llm, kb)
 
 
+def build_dense(settings: Settings, db: Database) -> DenseSearch | None:
+    """Dense retrieval over the knowledge base, when an embeddings endpoint is configured."""
+    if not settings.embedding_base_url:
+        return None
+    client = EmbeddingClient(
+        base_url=settings.embedding_base_url,
+        model=settings.embedding_model,
+        api_key=settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None,
+        timeout=settings.embedding_timeout,
+        batch_size=settings.embedding_batch_size,
+    )
+    return DenseSearch(db, settings, client)
+
+
 def build_services(settings: Settings, db: Database) -> Services:
     memory = MemoryService(db, settings)
+    memory.dense = build_dense(settings, db)
     sessions = SessionService(db)
     uploads = UploadService(db, settings)
     engine = build_engine(settings, memory)
@@ -108,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             close_engine = getattr(services.chat.engine, "aclose", None)
             if close_engine is not None:
                 await close_engine()
+            await services.memory.stop()
             await db.dispose()
 
     app = FastAPI(
@@ -126,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         per_path={"/api/v1/chat/upload-image": settings.max_file_size + 64 * 1024},
     )
     setup_cors(app, settings)
+    setup_security(app, settings)  # outermost: headers and request ids on every answer
     setup_static_files(app, settings.upload_dir)
+    setup_chat_page(app)
     app.include_router(api_router, prefix="/api")
     app.include_router(openai_router)
 

@@ -62,7 +62,7 @@ class StandIn:
         with self.lock:
             if self.script:
                 return self.script.pop(0)
-        return {"kind": "stream", "text": self.default_text, "chunk": 2}
+        return {"kind": "stream", "text": self.default_text, "chunk": 1}
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]})
@@ -168,3 +168,29 @@ def hashed_embedding(text: str, dims: int = 64) -> list[float]:
         vector[int.from_bytes(digest, "little") % dims] += 1.0
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
     return [v / norm for v in vector]
+
+
+def main() -> None:
+    """Serve a stand-in on a port: `python -m tests.llm_standin --port 9100 --chunks 50`."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--chunks", type=int, default=50, help="chunks per streamed answer")
+    args = parser.parse_args()
+    stand = StandIn()
+    stand.default_text = "好" * args.chunks
+    stand.requests = _Discard()  # a bench sends many requests: do not keep them
+    stand.headers = _Discard()
+    uvicorn.run(stand.app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    def append(self, item: Any) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,28 +1,67 @@
-"""Uploaded files: served under /static/uploads and downloadable at /download/{filename}."""
+"""Uploaded files: shown at /static/uploads/{name} and downloadable at /download/{name}.
+
+Only files recorded as uploads are served (a stray file in the folder is not). With auth on, a
+file is readable by its owner's credentials, by an API key, or through a signed, expiring URL
+(`?exp=&sig=`, what the upload answer's `file_url` carries) so an `<img>` tag works; anyone else
+gets the same 404 as for a file that does not exist.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 
-from .deps import ActorDep, ServicesDep
+from ..security.auth import Authenticator, credential_from
+from ..security.signing import verify
+from .deps import ServicesDep
 
-router = APIRouter()
+router = APIRouter(tags=["文件"])
+
+FILE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/*": {}, "application/octet-stream": {}}, "description": "文件内容"},
+    401: {"description": "未认证"},
+    404: {"description": "文件不存在"},
+}
+Sig = Annotated[str | None, Query(max_length=64)]
+Exp = Annotated[str | None, Query(max_length=12)]
 
 
-@router.get("/download/{filename}", tags=["文件"])
-async def download_file(filename: str, services: ServicesDep, actor: ActorDep) -> FileResponse:
+def _owner_for(request: Request, name: str, exp: str | None, sig: str | None) -> str | None:
+    """The owner the lookup is limited to (None: any); raises Unauthorized when nothing admits the caller."""
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.enabled or verify(request.app.state.settings, name, exp, sig):
+        return None
+    return authenticator.authenticate(credential_from(request.headers)).scope
+
+
+@router.get("/static/uploads/{name}", response_class=FileResponse, responses=FILE_RESPONSES)
+async def show_upload(name: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None) -> FileResponse:
+    """Show an uploaded image (inline)."""
+    upload, path = await services.uploads.get(name, owner_id=_owner_for(request, name, exp, sig))
+    return FileResponse(
+        path=path,
+        media_type=upload.content_type,
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get("/download/{filename}", response_class=FileResponse, responses=FILE_RESPONSES)
+async def download_file(
+    filename: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None
+) -> FileResponse:
     """Download an uploaded file as an attachment."""
-    upload, path = await services.uploads.get(filename, owner_id=actor.scope)
+    upload, path = await services.uploads.get(filename, owner_id=_owner_for(request, filename, exp, sig))
     return FileResponse(
         path=path,
         filename=upload.original_name or upload.stored_name,
         media_type="application/octet-stream",
+        headers={"Cache-Control": "private, max-age=3600"},
     )
 
 
 def setup_static_files(app: FastAPI, upload_dir: str) -> None:
-    # StaticFiles resolves paths and refuses anything that leaves the directory.
-    app.mount("/static/uploads", StaticFiles(directory=upload_dir, check_dir=False), name="uploads")
+    # upload_dir is kept in the signature for callers; files are found through the upload service.
     app.include_router(router)

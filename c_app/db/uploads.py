@@ -23,3 +23,9 @@ async def get_by_name(db: AsyncSession, stored_name: str, *, owner_id: str | Non
 
 async def count(db: AsyncSession) -> int:
     return (await db.execute(select(func.count(Upload.id)))).scalar_one()
+
+
+async def total_size_for_user(db: AsyncSession, user_id: str) -> int:
+    """Bytes a user has stored (for the per-user quota)."""
+    query = select(func.coalesce(func.sum(Upload.size), 0)).where(Upload.user_id == user_id)
+    return int((await db.execute(query)).scalar_one())

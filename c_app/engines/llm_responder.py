@@ -93,9 +93,9 @@ class _Usage:
     rounds: int = 0
     tools: list[str] = field(default_factory=list)
 
-    def add(self, usage: Any) -> None:
-        self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
-        self.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+    def add(self, usage: dict[str, Any]) -> None:
+        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens += int(usage.get("completion_tokens") or 0)
 
 
 class LLMResponder:
@@ -182,43 +182,55 @@ class LLMResponder:
         offer_tools: bool,
         produced: bool,
     ) -> AsyncIterator[str]:
-        extra: dict[str, Any] = {"tools": TOOLS} if offer_tools else {}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if offer_tools:
+            body["tools"] = TOOLS
         try:
-            stream = await self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                stream=True,
-                stream_options={"include_usage": True},
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                **extra,
+            # The SDK sends the request (auth, base URL, timeouts, retries, status errors); the stream
+            # is read raw: its typed path spends ~3x the whole relay's time validating the request
+            # and building an object per chunk (bench/llm_stream.py, bench/README.md).
+            response = await self.client.post(
+                "/chat/completions", body=body, cast_to=httpx.Response, stream=True
             )
         except openai.APIStatusError as exc:
             raise self._failure(produced, f"status {exc.status_code}") from None
-        except (openai.APIError, httpx.HTTPError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError) as exc:
             raise self._failure(produced, type(exc).__name__) from None
         sent = produced
         try:
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage.add(chunk.usage)
-                    if not chunk.choices:
-                        continue
-                    delta = chunk.choices[0].delta
-                    if delta is None:
-                        continue
-                    for piece in delta.tool_calls or []:
-                        call = calls.setdefault(piece.index or 0, _ToolCall())
-                        call.id = piece.id or call.id
-                        if piece.function is not None:
-                            call.name = piece.function.name or call.name
-                            call.arguments += piece.function.arguments or ""
-                    if delta.content:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if not isinstance(chunk, dict) or "error" in chunk:
+                    raise ValueError("error event in the model's stream")
+                if chunk.get("usage"):
+                    usage.add(chunk["usage"])
+                for choice in (chunk.get("choices") or [])[:1]:
+                    delta = choice.get("delta") or {}
+                    for piece in delta.get("tool_calls") or ():
+                        call = calls.setdefault(piece.get("index") or 0, _ToolCall())
+                        call.id = piece.get("id") or call.id
+                        function = piece.get("function") or {}
+                        call.name = function.get("name") or call.name
+                        call.arguments += function.get("arguments") or ""
+                    if delta.get("content"):
                         sent = True
-                        yield delta.content
-        except (openai.APIError, httpx.HTTPError) as exc:
+                        yield delta["content"]
+        except Exception as exc:  # noqa: BLE001 - any failure reading the upstream is the model's failure
             raise self._failure(sent, type(exc).__name__) from None
+        finally:
+            await response.aclose()
 
     @staticmethod
     def _failure(produced: bool, what: str) -> Exception:

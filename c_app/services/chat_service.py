@@ -51,6 +51,13 @@ T = TypeVar("T")
 RETRIEVE_LIMIT = 5
 SUGGESTION_FLOOR = 0.3
 UPLOAD_PREFIX = "/static/uploads/"
+
+
+def _upload_name(url: str) -> str:
+    # The upload answer's file_url may carry a signature (?exp=&sig=); the owner check is by name.
+    return url[len(UPLOAD_PREFIX) :].split("?", 1)[0]
+
+
 _DATA_URL = re.compile(r"^data:image/(?:png|jpeg|gif|webp|bmp);base64,[A-Za-z0-9+/=]+$")
 HISTORY_LIMIT = 20
 FAILURE_MESSAGE = "处理聊天请求时发生错误，请稍后重试"
@@ -239,7 +246,7 @@ class ChatService:
         """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
         if url.startswith(UPLOAD_PREFIX):
             try:
-                await self.uploads.get(url[len(UPLOAD_PREFIX) :], owner_id=user_id)
+                await self.uploads.get(_upload_name(url), owner_id=user_id)
             except NotFound:
                 raise BadRequest("图片不存在或无权访问") from None
             return
@@ -257,7 +264,7 @@ class ChatService:
         images: list[str] = []
         for url in image_urls(turn.parts):
             if url.startswith(UPLOAD_PREFIX):
-                row, path = await self.uploads.get(url[len(UPLOAD_PREFIX) :], owner_id=turn.user_id)
+                row, path = await self.uploads.get(_upload_name(url), owner_id=turn.user_id)
                 data = await anyio.Path(path).read_bytes()
                 images.append(f"data:{row.content_type};base64,{base64.b64encode(data).decode()}")
             else:

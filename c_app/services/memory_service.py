@@ -28,6 +28,7 @@ from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
 from ..db.models import Memory
 from ..errors import Conflict, NotFound
 from ..retrieval import DEFAULT_ANSWER_THRESHOLD, LexicalIndex, analyze
+from .dense_search import DenseSearch
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class MemoryService:
         self._gaps: dict[int, float] = {}
         self._last_poll = 0.0
         self._refresh_lock = asyncio.Lock()
+        # Optional dense retrieval over the knowledge base (set by build_services with EMBEDDING_BASE_URL).
+        self.dense: DenseSearch | None = None
 
     # -- start-up and cross-process sync ------------------------------------------------------
 
@@ -112,6 +115,13 @@ class MemoryService:
         self._last_poll = time.monotonic()
         self._public_loaded = True
         logger.info("public index loaded: %d entries", len(self.public_index))
+        if self.dense is not None:
+            await self.dense.start()
+
+    async def stop(self) -> None:
+        """Stop background work (the embedding worker, when dense retrieval is on)."""
+        if self.dense is not None:
+            await self.dense.stop()
 
     async def refresh(self, *, force: bool = False) -> None:
         """Apply other processes' memory writes logged since the last refresh."""
@@ -149,6 +159,8 @@ class MemoryService:
                 index.remove(change.memory_id)
             else:
                 index.upsert(row.id, *index_fields(row))
+        if self.dense is not None and self._public_loaded:
+            self.dense.schedule_ids(c.memory_id for c in changes if c.scope == PUBLIC)
 
     def _index_for(self, scope: str, owner_id: str, *, create: bool) -> LexicalIndex | None:
         if scope == PUBLIC:
@@ -185,6 +197,8 @@ class MemoryService:
             index = self._index_for(row.scope, row.owner_id, create=False)
             if index is not None:
                 index.remove(row.id)
+        if self.dense is not None and self._public_loaded:
+            self.dense.schedule(rows, removed)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -346,7 +360,7 @@ class MemoryService:
         for scope in (PRIVATE, CHAT):
             index = await self._user_index(scope, user_id)
             hits.extend((scope, doc, score) for doc, score in index.search(query, limit))
-        hits.extend((PUBLIC, doc, score) for doc, score in self.public_index.search(query, limit))
+        hits.extend((PUBLIC, doc, score) for doc, score in await self._public_hits(query, limit))
         async with self.db.read() as db:
             rows = await repo.get_many(db, [doc for _, doc, _ in hits])
         found = [
@@ -357,10 +371,16 @@ class MemoryService:
         found.sort(key=lambda hit: hit.score, reverse=True)
         return found
 
+    async def _public_hits(self, query: str, limit: int) -> list[tuple[int, float]]:
+        """The knowledge base's ranking: lexical, fused with dense vectors when they are configured."""
+        if self.dense is not None:
+            return await self.dense.search(self.public_index, query, limit)
+        return self.public_index.search(query, limit)
+
     async def search_public(self, query: str, *, limit: int) -> list[RetrievedMemory]:
         """The knowledge base's best `limit` hits, best first."""
         await self.refresh()
-        hits = self.public_index.search(query, limit)
+        hits = await self._public_hits(query, limit)
         async with self.db.read() as db:
             rows = await repo.get_many(db, [doc for doc, _ in hits])
         return [RetrievedMemory(rows[doc], PUBLIC, score) for doc, score in hits if doc in rows]

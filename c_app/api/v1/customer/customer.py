@@ -7,19 +7,32 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from ....db.models import ChatSession
 from ....errors import BadRequest
-from ....schemas.customer import ChatRequest, MemoryAddRequest, MemoryRetrieveRequest, SessionRequest, SessionResponse
-from ...deps import ActorDep, ServicesDep
+from ....schemas.customer import (
+    ID_MAX,
+    ID_PATTERN,
+    ChatRequest,
+    MemoryAddRequest,
+    MemoryRetrieveRequest,
+    SessionRequest,
+    SessionResponse,
+)
+from ...deps import ActorDep, MemoryWriteLimit, ServicesDep, StreamLimit, UploadLimit
 from ...sse import frames, wants_typed
 from ...streaming import EventStreamResponse
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+# Ids in paths and forms: the same rules as in bodies (1..128 characters, no control characters, no "/").
+PathId = Annotated[str, Path(max_length=ID_MAX, pattern=ID_PATTERN)]
+FormId = Annotated[str, Form(max_length=ID_MAX, pattern=ID_PATTERN)]
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
@@ -43,7 +56,7 @@ def require_id(value: str, message: str) -> str:
     return value
 
 
-@router.post("/stream")
+@router.post("/stream", dependencies=[StreamLimit])
 async def stream_chat(
     request: ChatRequest, http_request: Request, services: ServicesDep, actor: ActorDep
 ) -> EventStreamResponse:
@@ -58,7 +71,7 @@ async def stream_chat(
 
 
 @router.post("/session/{session_id}/stop")
-async def stop_generation(session_id: str, services: ServicesDep, actor: ActorDep) -> JSONResponse:
+async def stop_generation(session_id: PathId, services: ServicesDep, actor: ActorDep) -> JSONResponse:
     """停止该会话中正在生成的回答（已生成的部分会保存并标记为中断）。"""
     require_id(session_id, "会话ID不能为空")
     stopped = await services.chat.stop(session_id, owner_id=actor.scope)
@@ -80,7 +93,7 @@ async def create_session(request: SessionRequest, services: ServicesDep, actor: 
 
 
 @router.get("/session/{session_id}", response_model=SessionResponse)
-async def get_session(session_id: str, services: ServicesDep, actor: ActorDep) -> SessionResponse:
+async def get_session(session_id: PathId, services: ServicesDep, actor: ActorDep) -> SessionResponse:
     """获取指定会话信息。"""
     require_id(session_id, "会话ID不能为空")
     return session_response(await services.sessions.get(session_id, owner_id=actor.scope))
@@ -88,7 +101,7 @@ async def get_session(session_id: str, services: ServicesDep, actor: ActorDep) -
 
 @router.get("/sessions/{user_id}", response_model=list[SessionResponse])
 async def get_user_sessions(
-    user_id: str, services: ServicesDep, actor: ActorDep, limit: int = 20, offset: int = 0
+    user_id: PathId, services: ServicesDep, actor: ActorDep, limit: int = 20, offset: int = 0
 ) -> list[SessionResponse]:
     """分页获取用户的会话列表，按最后活动时间倒序。"""
     user_id = actor.act_for(user_id)
@@ -100,14 +113,14 @@ async def get_user_sessions(
     return [session_response(row) for row in rows]
 
 
-@router.post("/upload-image")
+@router.post("/upload-image", dependencies=[UploadLimit])
 async def upload_image(
     services: ServicesDep,
     actor: ActorDep,
     file: Annotated[UploadFile, File()],
     # Defaults so an empty field reaches the seed's 400 checks instead of a 422.
-    user_id: Annotated[str, Form(max_length=128)] = "",
-    session_id: Annotated[str, Form(max_length=128)] = "",
+    user_id: FormId = "",
+    session_id: FormId = "",
 ) -> JSONResponse:
     """上传图片文件，返回访问 URL。"""
     user_id = actor.act_for(user_id)
@@ -119,7 +132,7 @@ async def upload_image(
             "success": True,
             "message": "图片上传成功",
             "data": {
-                "file_url": f"/static/uploads/{row.stored_name}",
+                "file_url": services.uploads.url_for(row),
                 "filename": row.stored_name,
                 "original_filename": row.original_name,
                 "size": row.size,
@@ -132,7 +145,7 @@ async def upload_image(
     )
 
 
-@router.post("/memory/add")
+@router.post("/memory/add", dependencies=[MemoryWriteLimit])
 async def add_memory(request: MemoryAddRequest, services: ServicesDep, actor: ActorDep) -> JSONResponse:
     """向用户的私有记忆添加内容。"""
     user_id = actor.act_for(request.user_id)
@@ -185,7 +198,7 @@ async def health_check(request: Request, services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/stats")
-async def get_stats(request: Request, services: ServicesDep) -> JSONResponse:
+async def get_stats(request: Request, services: ServicesDep, _actor: ActorDep) -> JSONResponse:
     """服务统计：会话、消息、上传数量（来自数据库），运行秒数，版本。"""
     statistics = await services.sessions.statistics()
     return JSONResponse(

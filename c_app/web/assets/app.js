@@ -1,0 +1,460 @@
+// The chat page: session list, streamed answers, image upload, stop, feedback, history.
+// Plain ES module, no build step, no third-party code. Text from the server is only ever put into
+// the page as text nodes (see markdown.js).
+
+import { renderMarkdown, safeUrl } from "./markdown.js";
+
+const API = "/api/v1/chat";
+const $ = (id) => document.getElementById(id);
+const ui = {
+  sidebar: $("sidebar"), backdrop: $("backdrop"), toggle: $("toggle-sidebar"), list: $("session-list"),
+  listEmpty: $("session-empty"), newSession: $("new-session"), title: $("title"), messages: $("messages"),
+  welcome: $("welcome"), form: $("composer"), input: $("input"), file: $("file"), send: $("send"),
+  stop: $("stop"), attachments: $("attachments"), status: $("status"),
+};
+
+function randomId(bytes = 8) {
+  // getRandomValues works on plain-http pages too, where crypto.randomUUID does not exist.
+  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function currentUser() {
+  const named = new URLSearchParams(location.search).get("user");
+  if (named) return named.slice(0, 128);
+  let id = localStorage.getItem("c_app.user");
+  if (!id) localStorage.setItem("c_app.user", (id = `web_${randomId()}`));
+  return id;
+}
+
+const state = { user: currentUser(), session: null, sessions: [], controller: null, attachments: [] };
+const sessionKey = `c_app.session.${state.user}`;
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, { method = "GET", body, query = {} } = {}) {
+  const url = new URL(API + path, location.origin);
+  for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
+  const init = { method, headers: {} };
+  if (body instanceof FormData) init.body = body;
+  else if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(url, init);
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data?.error?.message || `请求失败（${response.status}）`);
+  return data;
+}
+
+const mine = () => ({ user_id: state.user }); // narrows session/message routes to this user
+
+function setStatus(text, isError = false) {
+  ui.status.textContent = text;
+  ui.status.classList.toggle("error", isError);
+}
+
+function setBusy(busy) {
+  ui.send.hidden = busy;
+  ui.stop.hidden = !busy;
+}
+
+function scrollToEnd() {
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+// ---- sessions ----------------------------------------------------------------------------------
+
+async function loadSessions() {
+  state.sessions = await api(`/sessions/${encodeURIComponent(state.user)}`, { query: { limit: 100 } });
+  renderSessions();
+}
+
+function renderSessions() {
+  ui.listEmpty.hidden = state.sessions.length > 0;
+  ui.list.replaceChildren(
+    ...state.sessions.map((s) =>
+      el(
+        "li",
+        { class: s.session_id === state.session ? "session active" : "session" },
+        el("button", { type: "button", class: "session-open", title: s.title, onclick: () => openSession(s.session_id) },
+          el("span", { class: "session-title", textContent: s.title }),
+          el("span", { class: "muted small", textContent: `${s.message_count} 条消息` })),
+        el("button", { type: "button", class: "icon", title: "重命名", "aria-label": "重命名", textContent: "✎",
+          onclick: () => renameSession(s) }),
+        el("button", { type: "button", class: "icon", title: "删除", "aria-label": "删除", textContent: "🗑",
+          onclick: () => deleteSession(s) }),
+      ),
+    ),
+  );
+  const current = state.sessions.find((s) => s.session_id === state.session);
+  ui.title.textContent = current ? current.title : "新对话";
+}
+
+async function renameSession(session) {
+  const title = prompt("新的会话标题", session.title);
+  if (title === null) return;
+  try {
+    await api(`/session/${encodeURIComponent(session.session_id)}`, { method: "PATCH", body: { title }, query: mine() });
+    await loadSessions();
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function deleteSession(session) {
+  if (!confirm(`删除会话“${session.title}”及其全部消息？`)) return;
+  try {
+    await api(`/session/${encodeURIComponent(session.session_id)}`, { method: "DELETE", query: mine() });
+    if (session.session_id === state.session) startNewSession();
+    await loadSessions();
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+function clearConversation() {
+  ui.messages.replaceChildren(ui.welcome);
+  ui.welcome.hidden = false;
+}
+
+function startNewSession() {
+  if (state.controller) return;
+  // The id is made here and the session is created by the first message (the seed's /stream does so).
+  state.session = null;
+  localStorage.removeItem(sessionKey);
+  clearConversation();
+  renderSessions();
+  closeSidebar();
+  ui.input.focus();
+}
+
+async function openSession(sessionId) {
+  if (state.controller) return;
+  state.session = sessionId;
+  localStorage.setItem(sessionKey, sessionId);
+  renderSessions();
+  closeSidebar();
+  clearConversation();
+  try {
+    const page = await api(`/session/${encodeURIComponent(sessionId)}/messages`, {
+      query: { ...mine(), order: "desc", limit: 50 },
+    });
+    for (const message of page.messages.reverse()) renderStored(message);
+    scrollToEnd();
+  } catch (err) {
+    if (err.status !== 404) setStatus(err.message, true);
+  }
+}
+
+// ---- messages ----------------------------------------------------------------------------------
+
+function addBubble(role) {
+  ui.welcome.hidden = true;
+  const bubble = el("div", { class: "bubble" });
+  const row = el("div", { class: `msg ${role}` }, bubble);
+  ui.messages.append(row);
+  return { row, bubble };
+}
+
+function imageUrls(parts) {
+  return (parts || []).filter((p) => p.type === "image_url").map((p) => p.image_url?.url).filter(Boolean);
+}
+
+function renderQuestion(text, images) {
+  const { bubble } = addBubble("user");
+  if (text) bubble.append(el("div", { class: "text", textContent: text }));
+  for (const url of images) {
+    // Our uploads are same-origin paths; anything else must be an http(s) or inline image.
+    const src = url.startsWith("/static/uploads/") || /^data:image\//.test(url) ? url : safeUrl(url);
+    if (src) bubble.append(el("img", { class: "thumb", src, alt: "图片" }));
+  }
+}
+
+function answerView() {
+  const { row, bubble } = addBubble("assistant");
+  const body = el("div", { class: "md" });
+  const extras = el("div", { class: "extras" });
+  bubble.append(body, extras);
+  return { row, body, extras, text: "", frame: 0 };
+}
+
+function paintAnswer(view) {
+  view.body.replaceChildren(renderMarkdown(view.text));
+}
+
+function appendText(view, text) {
+  view.text += text;
+  // Re-render at most once per frame however fast the deltas arrive.
+  view.frame ||= requestAnimationFrame(() => {
+    view.frame = 0;
+    paintAnswer(view);
+    scrollToEnd();
+  });
+}
+
+function showSources(view, sources) {
+  if (!sources?.length) return;
+  const items = sources.map((s) => el("li", { textContent: s.title || s.question || String(s.content || "").slice(0, 40) }));
+  view.extras.append(el("details", { class: "sources" }, el("summary", { textContent: `参考来源（${sources.length}）` }),
+    el("ul", {}, ...items)));
+}
+
+function showSuggestions(view, questions) {
+  if (!questions?.length) return;
+  view.extras.append(el("div", { class: "chips" }, ...questions.map((q) =>
+    el("button", { type: "button", class: "chip", textContent: q, onclick: () => send(q) }))));
+}
+
+function showNotice(view, text, kind = "notice") {
+  view.extras.append(el("div", { class: kind, textContent: text }));
+}
+
+function showFeedback(view, messageId, rating) {
+  const buttons = {
+    like: el("button", { type: "button", class: "icon", textContent: "👍", title: "有帮助", "aria-label": "有帮助" }),
+    dislike: el("button", { type: "button", class: "icon", textContent: "👎", title: "没帮助", "aria-label": "没帮助" }),
+  };
+  const paint = (value) => {
+    for (const [name, button] of Object.entries(buttons)) button.setAttribute("aria-pressed", String(name === value));
+  };
+  for (const [name, button] of Object.entries(buttons)) {
+    button.addEventListener("click", async () => {
+      const next = button.getAttribute("aria-pressed") === "true" ? null : name; // a second click clears
+      try {
+        await api(`/message/${messageId}/feedback`, { method: "POST", body: { rating: next }, query: mine() });
+        paint(next);
+      } catch (err) {
+        setStatus(err.message, true);
+      }
+    });
+  }
+  paint(rating);
+  view.extras.append(el("div", { class: "feedback", "data-message-id": String(messageId) }, buttons.like, buttons.dislike));
+}
+
+function renderStored(message) {
+  if (message.role === "user") return renderQuestion(message.content, imageUrls(message.parts));
+  const view = answerView();
+  view.text = message.content;
+  paintAnswer(view);
+  if (message.status === "interrupted" || message.status === "partial") showNotice(view, "（回答未完成）");
+  showSources(view, message.sources);
+  showFeedback(view, message.id, message.feedback?.rating ?? null);
+}
+
+// ---- streaming ---------------------------------------------------------------------------------
+
+/** Parse one SSE frame: typed (`event:` + JSON data) or the seed's plain framing. */
+function parseFrame(frame) {
+  let type = null;
+  const data = [];
+  for (const line of frame.split("\n")) {
+    if (!line || line.startsWith(":")) continue; // comments are heartbeats
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length) return null;
+  const payload = data.join("\n");
+  if (type) {
+    try {
+      return { type, data: JSON.parse(payload) };
+    } catch {
+      return null;
+    }
+  }
+  if (payload === "[DONE]") return { type: "done", data: {} };
+  if (payload.startsWith('{"error"')) {
+    try {
+      return { type: "error", data: { message: JSON.parse(payload).error } };
+    } catch { /* an answer that merely starts like one */ }
+  }
+  return { type: "delta", data: { text: payload.replace(/\\n/g, "\n").replace(/\\r/g, "\r") } };
+}
+
+async function* readEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = parseFrame(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (event) yield event;
+    }
+  }
+}
+
+async function latestAnswerId() {
+  // The plain framing carries no message id: ask the history for the answer just stored.
+  const page = await api(`/session/${encodeURIComponent(state.session)}/messages`, {
+    query: { ...mine(), order: "desc", limit: 1 },
+  });
+  const last = page.messages[0];
+  return last && last.role === "assistant" ? last.id : null;
+}
+
+async function send(text) {
+  text = text.trim();
+  if (state.controller || (!text && !state.attachments.length)) return;
+  if (!state.session) {
+    state.session = `web_${randomId()}`;
+    localStorage.setItem(sessionKey, state.session);
+  }
+  const images = state.attachments.splice(0).map((a) => a.url);
+  renderAttachments();
+  ui.input.value = "";
+  autosize();
+  renderQuestion(text, images);
+  const content = images.length
+    ? [...(text ? [{ type: "text", text }] : []), ...images.map((url) => ({ type: "image_url", image_url: { url } }))]
+    : text;
+  const view = answerView();
+  view.row.classList.add("pending");
+  const controller = (state.controller = new AbortController());
+  setBusy(true);
+  setStatus("");
+  const result = { finished: false, messageId: null };
+  try {
+    const response = await fetch(`${API}/stream?events=typed`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({ user_id: state.user, session_id: state.session, message: { role: "user", content } }),
+      signal: controller.signal,
+    });
+    if (!response.ok) {
+      const data = await response.json().catch(() => null);
+      throw new ApiError(response.status, data?.error?.message || `请求失败（${response.status}）`);
+    }
+    for await (const { type, data } of readEvents(response.body)) {
+      if (type === "delta") appendText(view, data.text || "");
+      else if (type === "sources") showSources(view, data.sources);
+      else if (type === "handoff") showNotice(view, data.message || "正在为您转接人工客服", "handoff");
+      else if (type === "suggestions") showSuggestions(view, data.questions);
+      else if (type === "error") showNotice(view, data.message || "处理出错，请稍后重试", "error");
+      else if (type === "done") Object.assign(result, { finished: true, messageId: data.message_id ?? null });
+    }
+  } catch (err) {
+    if (err.name === "AbortError") showNotice(view, "已停止生成");
+    else showNotice(view, err.message || "网络错误，请稍后重试", "error");
+  } finally {
+    cancelAnimationFrame(view.frame);
+    paintAnswer(view);
+    view.row.classList.remove("pending");
+    if (!view.text) view.row.classList.add("empty-answer");
+    state.controller = null;
+    setBusy(false);
+    scrollToEnd();
+  }
+  if (result.finished && view.text) {
+    const id = result.messageId ?? (await latestAnswerId().catch(() => null));
+    if (id) showFeedback(view, id, null);
+  }
+  await loadSessions().catch(() => {});
+}
+
+async function stop() {
+  const controller = state.controller;
+  if (!controller) return;
+  // Ask the server to stop (it stores the partial answer); aborting alone also works, so errors are moot.
+  await fetch(`${API}/session/${encodeURIComponent(state.session)}/stop?user_id=${encodeURIComponent(state.user)}`,
+    { method: "POST" }).catch(() => {});
+  controller.abort();
+}
+
+// ---- images ------------------------------------------------------------------------------------
+
+function renderAttachments() {
+  ui.attachments.replaceChildren(...state.attachments.map((a, i) =>
+    el("span", { class: "attachment" }, el("img", { class: "thumb", src: a.url, alt: a.name }),
+      el("button", { type: "button", class: "remove", title: "移除", "aria-label": "移除图片", textContent: "×",
+        onclick: () => { state.attachments.splice(i, 1); renderAttachments(); } }))));
+}
+
+async function attach(file) {
+  if (!state.session) {
+    state.session = `web_${randomId()}`;
+    localStorage.setItem(sessionKey, state.session);
+  }
+  const form = new FormData();
+  form.append("file", file);
+  form.append("user_id", state.user);
+  form.append("session_id", state.session);
+  setStatus("正在上传图片…");
+  try {
+    const result = await api("/upload-image", { method: "POST", body: form });
+    state.attachments.push({ url: result.data.file_url, name: file.name });
+    renderAttachments();
+    setStatus("");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------------
+
+function autosize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 160)}px`;
+}
+
+function closeSidebar() {
+  document.body.classList.remove("sidebar-open");
+}
+
+ui.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send(ui.input.value);
+});
+ui.input.addEventListener("keydown", (event) => {
+  // Enter sends, except while an input method is composing Chinese text or with Shift for a new line.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send(ui.input.value);
+  }
+});
+ui.input.addEventListener("input", autosize);
+ui.stop.addEventListener("click", stop);
+ui.newSession.addEventListener("click", startNewSession);
+ui.file.addEventListener("change", () => {
+  for (const file of ui.file.files) attach(file);
+  ui.file.value = "";
+});
+ui.toggle.addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+ui.backdrop.addEventListener("click", closeSidebar);
+
+async function start() {
+  try {
+    await loadSessions();
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+  const saved = localStorage.getItem(sessionKey);
+  const known = state.sessions.find((s) => s.session_id === saved) ?? state.sessions[0];
+  if (known) await openSession(known.session_id);
+  document.body.dataset.ready = "true"; // tests wait for this
+}
+
+start();
