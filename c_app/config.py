@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     rate_limit_upload: str = "20/minute"
     rate_limit_memory: str = "60/minute"
     rate_limit_key_prefix: str = "c_app"
+    # A client address may carry many users (an office behind one NAT): its limit is this many times a user's.
+    rate_limit_address_factor: int = Field(default=5, ge=1)
     redis_url: str | None = None
     hsts_seconds: int = Field(default=0, ge=0)  # Strict-Transport-Security max-age; 0: header not sent
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)

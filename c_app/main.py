@@ -59,6 +59,7 @@ def build_engine(settings: Settings, memory: MemoryService) -> Engine:
         threshold=memory.answer_threshold,
         memory_threshold=settings.memory_answer_threshold,
         company=settings.company_name,
+        margin=settings.answer_margin,
     )
     if settings.llm_api_key is None:
         return kb

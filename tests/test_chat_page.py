@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from c_app.config import Settings
 from c_app.main import create_app
 
+from .llm_standin import StandIn
 from .servers import serve
 from .utils import png_bytes
 
@@ -37,13 +39,18 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "chat-page.png"
 TIMEOUT_MS = 30_000
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
-    pytest.mark.skipif(os.environ.get("C_APP_TEST_DB", "sqlite") != "sqlite", reason="browser test runs on SQLite only"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    ),
+    pytest.mark.skipif(
+        os.environ.get("C_APP_TEST_DB", "sqlite") != "sqlite", reason="browser test runs on SQLite only"
+    ),
 ]
 
 HOSTILE_QUESTION = "页面安全渲染测试题"
 HOSTILE_ANSWER = (
-    "**提示**：<script>window.__pwned = 1</script> 与 <img src=x onerror=\"window.__pwned = 2\"> 只是文字。\n"
+    '**提示**：<script>window.__pwned = 1</script> 与 <img src=x onerror="window.__pwned = 2"> 只是文字。\n'
     "- 链接 [点我](javascript:window.__pwned=3) 不可点击\n"
     "- 官网 [帮助中心](https://example.com/help) 可以点击"
 )
@@ -60,7 +67,14 @@ async def add_hostile_entry(settings: Settings) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await app.state.services.memory.upsert_public(
-            [{"external_id": "test-hostile", "title": "安全渲染", "question": HOSTILE_QUESTION, "answer": HOSTILE_ANSWER}]
+            [
+                {
+                    "external_id": "test-hostile",
+                    "title": "安全渲染",
+                    "question": HOSTILE_QUESTION,
+                    "answer": HOSTILE_ANSWER,
+                }
+            ]
         )
 
 
@@ -73,7 +87,7 @@ def server(make_settings: Callable[..., Settings]) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def page(server: tuple[str, str]) -> Iterator[Any]:
+def page() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -127,10 +141,15 @@ def test_chat_page_end_to_end(server: tuple[str, str], page: Any) -> None:
     answer.get_by_role("button", name="有帮助").click()
     expect(answer.get_by_role("button", name="有帮助")).to_have_attribute("aria-pressed", "true")
     answer_id = int(answer.locator(".feedback").get_attribute("data-message-id"))
-    assert stored(db_path, "SELECT role, feedback FROM messages WHERE id = ?", answer_id) == [("assistant", "like")]
+    assert stored(db_path, "SELECT role, feedback FROM messages WHERE id = ?", answer_id) == [
+        ("assistant", "like")
+    ]
 
     # An image attaches: a thumbnail before sending, and an image_url part in the stored message.
-    page.set_input_files("#file", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png_bytes((64, 48), (250, 173, 20))}])
+    page.set_input_files(
+        "#file",
+        files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png_bytes((64, 48), (250, 173, 20))}],
+    )
     expect(page.locator(".attachments img.thumb")).to_have_count(1)
     ask(page, "这张图片里的订单能开发票吗？")
     expect(page.locator(".attachments img.thumb")).to_have_count(0)
@@ -198,6 +217,42 @@ def test_chat_page_reads_the_plain_framing(server: tuple[str, str], page: Any) -
     answer.get_by_role("button", name="没帮助").click()
     expect(answer.get_by_role("button", name="没帮助")).to_have_attribute("aria-pressed", "true")
     assert stored(db_path, "SELECT feedback FROM messages WHERE role = 'assistant'") == [("dislike",)]
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Poll until `condition()` is truthy: the server stores a stopped answer after the page moves on."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_stop_button_stops_a_model_answer(make_settings: Callable[..., Settings], page: Any) -> None:
+    from playwright.sync_api import expect
+
+    standin = StandIn()
+    standin.script.append({"kind": "hang_after", "text": "正在为您查询订单", "chunk": 2})
+    with serve(standin.app) as llm_base:
+        settings = make_settings(llm_api_key="sk-test", llm_base_url=llm_base + "/v1", llm_max_retries=0)
+        with serve(create_app(settings)) as base_url:
+            open_page(page, base_url)
+            page.fill("#input", "帮我查一下订单")
+            page.press("#input", "Enter")
+            answer = page.locator(".msg.assistant").last
+            expect(answer.locator(".md")).to_have_text("正在为您查询订单")
+            page.get_by_role("button", name="停止").click()
+            expect(answer.locator(".notice")).to_have_text("已停止生成")
+            expect(page.get_by_role("button", name="发送")).to_be_visible()
+            expect(page.get_by_role("button", name="停止")).to_be_hidden()
+            rows = wait_for(
+                lambda: stored(
+                    settings.memory_db_path, "SELECT content, status FROM messages WHERE role = 'assistant'"
+                ),
+                "the stopped answer to be stored",
+            )
+            assert rows == [("正在为您查询订单", "interrupted")]
+            wait_for(lambda: standin.disconnects, "the model call to be cancelled")
 
 
 def test_chat_page_on_a_narrow_screen(server: tuple[str, str], page: Any) -> None:

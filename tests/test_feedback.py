@@ -11,9 +11,13 @@ FEEDBACK = "/api/v1/chat/message/{}/feedback"
 
 async def ask(client, question: str = "买东西怎么开发票？", *, user_id: str = "u1", session_id: str = "s1"):
     """Ask one question; returns (user message id, answer message id) from the database."""
-    response = await client.post("/api/v1/chat/stream", json=chat_body(question, user_id=user_id, session_id=session_id))
+    response = await client.post(
+        "/api/v1/chat/stream", json=chat_body(question, user_id=user_id, session_id=session_id)
+    )
     assert response.status_code == 200, response.text
-    page = (await client.get(f"/api/v1/chat/session/{session_id}/messages", params={"order": "desc", "limit": 2})).json()
+    page = (
+        await client.get(f"/api/v1/chat/session/{session_id}/messages", params={"order": "desc", "limit": 2})
+    ).json()
     answer, question_row = page["messages"]
     assert (question_row["role"], answer["role"]) == ("user", "assistant")
     return question_row["id"], answer["id"]
@@ -64,7 +68,9 @@ async def test_counts_across_users_and_sessions(client):
     _, a2 = await ask(client, "你好", user_id="u2", session_id="s2")
     _, a3 = await ask(client, "谢谢", user_id="u2", session_id="s2")
     for message_id, rating, user in ((a1, "like", "u1"), (a2, "like", "u2"), (a3, "dislike", "u2")):
-        response = await client.post(FEEDBACK.format(message_id), json={"rating": rating}, params={"user_id": user})
+        response = await client.post(
+            FEEDBACK.format(message_id), json={"rating": rating}, params={"user_id": user}
+        )
         assert response.status_code == 200, response.text
     assert await counts(client) == (2, 1)
 

@@ -11,7 +11,9 @@ HISTORY = "/api/v1/chat/session/{}/messages"
 
 async def talk(client, session_id: str, *questions: str, user_id: str = "u1") -> None:
     for question in questions:
-        response = await client.post("/api/v1/chat/stream", json=chat_body(question, user_id=user_id, session_id=session_id))
+        response = await client.post(
+            "/api/v1/chat/stream", json=chat_body(question, user_id=user_id, session_id=session_id)
+        )
         assert response.status_code == 200, response.text
 
 
@@ -65,7 +67,17 @@ async def test_history_items_carry_answer_details(client):
 
     messages = (await history(client, "s1"))["messages"]
     question, answer = messages[0], messages[1]
-    assert set(answer) == {"id", "role", "content", "parts", "status", "engine", "sources", "feedback", "created_at"}
+    assert set(answer) == {
+        "id",
+        "role",
+        "content",
+        "parts",
+        "status",
+        "engine",
+        "sources",
+        "feedback",
+        "created_at",
+    }
     assert question["parts"] is None and question["feedback"] is None
     assert "电子发票" in answer["content"]
     assert answer["status"] == "complete" and answer["engine"]
@@ -107,7 +119,9 @@ async def test_history_bad_parameters_are_4xx(client):
 
 
 async def test_rename(app, client):
-    created = (await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": "旧标题"})).json()
+    created = (
+        await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": "旧标题"})
+    ).json()
     sid = created["session_id"]
     response = await client.patch(f"/api/v1/chat/session/{sid}", json={"title": "  退货\n 问题  "})
     assert response.status_code == 200, response.text
@@ -121,7 +135,9 @@ async def test_rename(app, client):
 
 
 async def test_rename_refusals_change_nothing(app, client):
-    sid = (await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": "原标题"})).json()["session_id"]
+    sid = (
+        await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": "原标题"})
+    ).json()["session_id"]
     for body, params, status, message in (
         ({"title": "   "}, {}, 400, "会话标题不能为空"),
         ({"title": "字" * 201}, {}, 400, "会话标题不能超过200个字符"),

@@ -51,8 +51,13 @@ class KnowledgeBaseResponder:
 
     name = "knowledge_base"
 
-    def __init__(self, *, threshold: float, company: str, memory_threshold: float | None = None) -> None:
+    def __init__(
+        self, *, threshold: float, company: str, memory_threshold: float | None = None, margin: float = 0.0
+    ) -> None:
         self.threshold = threshold
+        # The best knowledge-base hit must also lead the best hit with a *different* answer by this
+        # much: a near tie between two answers is a guess (bench/faq_eval.py --threshold-table).
+        self.margin = margin
         self.memory_threshold = threshold if memory_threshold is None else memory_threshold
         self.company = company
 
@@ -98,9 +103,24 @@ class KnowledgeBaseResponder:
         for scope in (PUBLIC, PRIVATE, CHAT):
             hit = best.get(scope)
             bar = self.threshold if scope == PUBLIC else self.memory_threshold
-            if hit is not None and hit.score >= bar and hit.memory.meta.get("grounded", True):
-                return self._answer_from(hit), [hit]
+            if hit is None or hit.score < bar or not hit.memory.meta.get("grounded", True):
+                continue
+            if scope == PUBLIC and hit.score - self._runner_up(hit, memories) < self.margin:
+                continue  # ambiguous: the no-match reply offers the close questions instead
+            return self._answer_from(hit), [hit]
         return self._no_match(memories), []
+
+    @staticmethod
+    def _runner_up(best: RetrievedMemory, memories: list[RetrievedMemory]) -> float:
+        """Score of the best other KB hit that would answer differently (duplicates of one answer agree)."""
+        return max(
+            (
+                hit.score
+                for hit in memories
+                if hit.scope == PUBLIC and hit is not best and hit.memory.content != best.memory.content
+            ),
+            default=0.0,
+        )
 
     def _answer_from(self, hit: RetrievedMemory) -> str:
         memory = hit.memory

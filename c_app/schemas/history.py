@@ -41,4 +41,3 @@ class MessagePage(BaseModel):
     messages: list[MessageItem]
     # More messages lie beyond this page in the direction it was read (older for before/desc).
     has_more: bool
-

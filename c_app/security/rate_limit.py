@@ -48,6 +48,11 @@ class RateLimits:
             "upload": parse_limit(settings.rate_limit_upload),
             "memory": parse_limit(settings.rate_limit_memory),
         }
+        self.address_items = {
+            name: type(item)(item.amount * settings.rate_limit_address_factor, item.multiples)
+            for name, item in self.items.items()
+            if item is not None
+        }
         self.prefix = settings.rate_limit_key_prefix
         self.storage: Storage
         if settings.redis_url:
@@ -60,10 +65,10 @@ class RateLimits:
 
     async def hit(self, name: str, *identities: str) -> Refusal | None:
         """Count one request against every identity ("user:..", "ip:.."); a refusal names the wait."""
-        item = self.items.get(name)
-        if item is None:
+        if self.items.get(name) is None:
             return None
         for identity in identities:
+            item = self.address_items[name] if identity.startswith("ip:") else self.items[name]
             try:
                 if await self.limiter.hit(item, self.prefix, name, identity):
                     continue

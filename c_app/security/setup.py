@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..api.middleware.request_id import RequestId
+from ..api.openapi import install_openapi
 from ..api.middleware.security_headers import SecurityHeaders
 from ..config import Settings
 from .auth import LOOPBACK_HOSTS, Authenticator
@@ -39,6 +40,7 @@ def setup_security(app: FastAPI, settings: Settings) -> None:
     app.state.authenticator = Authenticator(settings)  # raises on an unusable auth configuration
     app.add_middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds)
     app.add_middleware(RequestId)
+    install_openapi(app)  # errors documented as the envelope they are
 
     inner = app.router.lifespan_context
 

@@ -1,0 +1,216 @@
+"""Retrieval at scale, through the database: 100,000 knowledge entries and a user with 1,000 memories.
+
+    .venv/bin/python bench/scale.py [--entries 100000] [--queries 300]
+
+Fills a fresh SQLite file (or DATABASE_URL's database; on PostgreSQL a throw-away schema) through
+the bulk import path (KnowledgeService.import_rows: validation, then batches of
+IMPORT_BATCH_SIZE entries per transaction), adds 1,000 private and 1,000 chat memories for one
+user, then times MemoryService.search over the three scopes. Entry texts come from
+c_app/data/sample_kb.jsonl and, when present, the faq-eval sets in ../shared/data/faq-eval/
+(cycled with a numeric suffix so entries stay distinct). Reports: import rate, resident memory
+after loading, query p50/p99 (targets < 10 ms and < 50 ms), and the time a fresh process takes
+to build its index from the database (measured in a child process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from c_app.config import Settings  # noqa: E402
+from c_app.db.engine import Database  # noqa: E402
+from c_app.db.migrate import upgrade  # noqa: E402
+from c_app.retrieval import LexicalIndex  # noqa: E402
+from c_app.services.knowledge_formats import RawRow  # noqa: E402
+from c_app.services.knowledge_service import KnowledgeService  # noqa: E402
+from c_app.services.memory_service import MemoryService  # noqa: E402
+
+EVAL_DIR = ROOT.parent / "shared" / "data" / "faq-eval"
+SAMPLE_KB = ROOT / "c_app" / "data" / "sample_kb.jsonl"
+USER = "scale-user"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def source_texts() -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(sample entries, extra question texts, query texts)."""
+    sample = [json.loads(line) for line in SAMPLE_KB.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions: list[str] = []
+    queries = [q for e in sample for q in e.get("similar_questions", [])]
+    for name in ("bq_valid_faq.json", "lcqmc_valid_faq.json"):
+        path = EVAL_DIR / name
+        if not path.exists():
+            print(f"note: {path} not found, generating from the sample knowledge base only")
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        questions += [e["question"] for e in data["faq"]]
+        queries += [q["query"] for q in data["queries"]]
+    return sample, questions, queries
+
+
+def make_entries(n: int, sample: list[dict[str, Any]], questions: list[str]) -> list[dict[str, Any]]:
+    answers = [e["answer"] for e in sample]
+    pool = [e["question"] for e in sample] + questions
+    entries = []
+    for i in range(n):
+        base = pool[i % len(pool)]
+        question = base if i < len(pool) else f"{base} {i // len(pool)}"
+        entries.append(
+            {"external_id": f"scale-{i}", "question": question, "answer": answers[i % len(answers)], "category": "压测"}
+        )
+    return entries
+
+
+async def with_schema(settings: Settings) -> Settings:
+    if settings.is_sqlite:
+        return settings
+    schema = f"scale_{uuid.uuid4().hex[:10]}"
+    db = Database(settings)
+    async with db.engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    await db.dispose()
+    return settings.model_copy(update={"database_schema": schema})
+
+
+async def fill_and_query(settings: Settings, n_entries: int, n_queries: int) -> dict[str, Any]:
+    sample, questions, queries = source_texts()
+    entries = make_entries(n_entries, sample, questions)
+    db = Database(settings)
+    memory = MemoryService(db, settings)
+    try:
+        await upgrade(db.engine)
+        await memory.start()
+        rss0 = rss_mb()
+        knowledge = KnowledgeService(memory, settings)
+        started = time.perf_counter()
+        report = await knowledge.import_rows(RawRow(line=i + 1, data=e) for i, e in enumerate(entries))
+        import_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(1000):
+            await memory.add_private(USER, f"备注{i}：{queries[(i * 7) % len(queries)]}", {"title": f"备注{i}"})
+        for i in range(1000):
+            question = queries[(i * 13 + 5) % len(queries)]
+            await memory.add_exchange(USER, question, f"关于“{question}”的答复。", "scale-session", grounded=True)
+        memories_s = time.perf_counter() - started
+        probe = queries[len(queries) // 2 :][:n_queries] or queries[:n_queries]
+        for q in probe[:50]:  # first searches pack the postings the bulk load appended, and load the user indexes
+            await memory.search(USER, q, limit=5)
+        latencies = []
+        for q in probe:
+            t = time.perf_counter()
+            await memory.search(USER, q, limit=5)
+            latencies.append((time.perf_counter() - t) * 1000)
+        return {
+            "entries": report.created,
+            "import_s": round(import_s, 1),
+            "import_rate": round(report.created / import_s),
+            "user_memories_s": round(memories_s, 1),
+            "rss_mb": round(rss_mb()),
+            "rss_growth_mb": round(rss_mb() - rss0),
+            "queries": len(latencies),
+            "p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(percentile(latencies, 0.99), 2),
+        }
+    finally:
+        await memory.stop()
+        await db.dispose()
+
+
+async def startup(settings: Settings) -> dict[str, Any]:
+    """What a fresh process pays before it can serve: migrations check plus the public index build."""
+    rss0 = rss_mb()
+    started = time.perf_counter()
+    warm = LexicalIndex()  # jieba's dictionary and the background statistics load once per process
+    warm.upsert(0, ["预热"])
+    warm.search("预热", 1)
+    library_s = time.perf_counter() - started
+    db = Database(settings)
+    memory = MemoryService(db, settings)
+    started = time.perf_counter()
+    await upgrade(db.engine)
+    await memory.start()
+    seconds = time.perf_counter() - started
+    t = time.perf_counter()
+    await memory.search(USER, "怎么开通", limit=5)
+    first_query_ms = (time.perf_counter() - t) * 1000
+    await db.dispose()
+    return {
+        "library_s": round(library_s, 1),
+        "startup_s": round(seconds, 1),
+        "startup_rate": round(len(memory.public_index) / seconds),
+        "first_query_ms": round(first_query_ms),
+        "startup_rss_growth_mb": round(rss_mb() - rss0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--startup-only", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.startup_only:
+        # Child process: the settings of the filled database, measured from a cold interpreter.
+        settings = Settings.model_validate_json(args.startup_only)
+        print(json.dumps(asyncio.run(startup(settings))))
+        return
+    with tempfile.TemporaryDirectory(prefix="c_app_scale_") as tmp:
+        base = Settings(
+            memory_db_path=str(Path(tmp) / "scale.db"),
+            upload_dir=str(Path(tmp) / "uploads"),
+            chat_memory_limit=1000,
+            load_sample_kb=False,
+        )
+        settings = asyncio.run(with_schema(base))
+        figures = asyncio.run(fill_and_query(settings, args.entries, args.queries))
+        child = subprocess.run(
+            [sys.executable, __file__, "--startup-only", settings.model_dump_json()],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        figures.update(json.loads(child.stdout.strip().splitlines()[-1]))
+    print(
+        f"{figures['entries']:,} entries imported in {figures['import_s']} s ({figures['import_rate']:,}/s); "
+        f"1,000 private + 1,000 chat memories in {figures['user_memories_s']} s"
+    )
+    print(f"RSS after loading: {figures['rss_mb']} MB ({figures['rss_growth_mb']} MB for the data)")
+    print(
+        f"search over 3 scopes, {figures['queries']} queries: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms "
+        "(targets 10 / 50 ms)"
+    )
+    print(
+        f"fresh process: {figures['library_s']} s loading jieba and background statistics, then "
+        f"{figures['startup_s']} s building the index from the database ({figures['startup_rate']:,} entries/s); "
+        f"its first query (builds the user's private and chat indexes) {figures['first_query_ms']} ms"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
