@@ -33,7 +33,15 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("C_APP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-QUESTIONS = ["怎么退货？", "多久发货", "运费怎么算", "发票怎么开", "会员有什么权益", "可以修改收货地址吗", "你好"]
+QUESTIONS = [
+    "怎么退货？",
+    "多久发货",
+    "运费怎么算",
+    "发票怎么开",
+    "会员有什么权益",
+    "可以修改收货地址吗",
+    "你好",
+]
 
 
 @dataclass
@@ -55,14 +63,21 @@ async def client_loop(http: httpx.AsyncClient, index: int, deadline: float, resu
     turn = 0
     while time.monotonic() < deadline:
         text = f"{QUESTIONS[turn % len(QUESTIONS)]} #{index}-{turn}"
-        body = {"user_id": f"user-{index}", "session_id": session_id, "message": {"role": "user", "content": text}}
+        body = {
+            "user_id": f"user-{index}",
+            "session_id": session_id,
+            "message": {"role": "user", "content": text},
+        }
         started = time.monotonic()
         try:
             async with http.stream("POST", "/api/v1/chat/stream", json=body) as response:
                 payload = (await response.aread()).decode()
             frames = [b[len("data: ") :] for b in payload.split("\n\n") if b]
-            if response.status_code != 200 or not frames or frames[-1] != "[DONE]" or any(
-                f.startswith('{"error"') for f in frames
+            if (
+                response.status_code != 200
+                or not frames
+                or frames[-1] != "[DONE]"
+                or any(f.startswith('{"error"') for f in frames)
             ):
                 results.failures.append(f"{session_id}#{turn}: {response.status_code} {payload[:120]!r}")
             else:
@@ -88,7 +103,9 @@ def start_server(env: dict[str, str], port: int, workdir: Path) -> subprocess.Po
     command = [sys.executable, "-m", "uvicorn", "c_app.main:app", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "warning", "--no-access-log", "--backlog", "2048"]
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(command, env={**os.environ, **env}, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command, env={**os.environ, **env}, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 async def wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
@@ -118,8 +135,13 @@ async def verify_sqlite(path: Path, results: Results) -> list[str]:
 async def verify_postgres(schema: str, results: Results) -> list[str]:
     conn = await asyncpg.connect(PG_URL, server_settings={"search_path": schema})
     try:
-        rows = [tuple(r) for r in await conn.fetch("SELECT session_id, role, content FROM messages ORDER BY id")]
-        counts = {r["id"]: r["message_count"] for r in await conn.fetch("SELECT id, message_count FROM chat_sessions")}
+        rows = [
+            tuple(r) for r in await conn.fetch("SELECT session_id, role, content FROM messages ORDER BY id")
+        ]
+        counts = {
+            r["id"]: r["message_count"]
+            for r in await conn.fetch("SELECT id, message_count FROM chat_sessions")
+        }
     finally:
         await conn.close()
     return check_rows(rows, counts, results)
@@ -222,7 +244,9 @@ async def run(backend: str, clients: int, duration: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--duration", type=float, default=60.0)

@@ -147,7 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimit,
         default=settings.max_request_bytes,
         # A multipart body exceeds its file by the part headers; the file itself is held to MAX_FILE_SIZE.
-        per_path={"/api/v1/chat/upload-image": settings.max_file_size + 64 * 1024},
+        per_path={
+            "/api/v1/chat/upload-image": settings.max_file_size + 64 * 1024,
+            "/api/v1/admin/knowledge/import": settings.max_import_bytes + 64 * 1024,
+        },
     )
     setup_cors(app, settings)
     setup_security(app, settings)  # outermost: headers and request ids on every answer

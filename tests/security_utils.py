@@ -24,7 +24,9 @@ def jwt_settings(**extra: Any) -> dict[str, Any]:
     return {"auth_mode": "jwt", "jwt_secret": SECRET, "url_signing_secret": "sign-secret", **extra}
 
 
-async def websocket_handshake(app: Any, path: str, *, query: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
+async def websocket_handshake(
+    app: Any, path: str, *, query: str = "", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Drive one WebSocket handshake straight through the ASGI app; returns the app's first answer
     (`websocket.accept`, `websocket.close`, or `websocket.http.response.start` for a denial)."""
     raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -71,7 +71,9 @@ async def test_auth_mode_without_credentials_configured_refuses_to_start(make_se
 async def test_jwt_user_acts_only_for_itself(start_app: Any) -> None:
     app, client = await start_app(**jwt_settings())
     alice, mallory = bearer(token("alice")), bearer(token("mallory"))
-    created = await client.post("/api/v1/chat/session/create", json={"user_id": "alice", "title": "地址"}, headers=alice)
+    created = await client.post(
+        "/api/v1/chat/session/create", json={"user_id": "alice", "title": "地址"}, headers=alice
+    )
     assert created.status_code == 200
     session_id = created.json()["session_id"]
 
@@ -84,7 +86,9 @@ async def test_jwt_user_acts_only_for_itself(start_app: Any) -> None:
         "/api/v1/chat/memory/add", json={"user_id": "alice", "content": "假的"}, headers=mallory
     )
     assert_envelope(memory, 403)
-    stream = await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id="alice"), headers=mallory)
+    stream = await client.post(
+        "/api/v1/chat/stream", json=chat_body("你好", user_id="alice"), headers=mallory
+    )
     assert_envelope(stream, 403)
     assert await count(app, ChatSession) == 1
     assert await count(app, Memory, Memory.owner_id == "alice") == 0
@@ -115,14 +119,14 @@ async def test_jwt_user_acts_only_for_itself(start_app: Any) -> None:
     ],
 )
 async def test_bad_tokens_are_401(start_app: Any, make_token: Any) -> None:
-    app, client = await start_app(**jwt_settings())
+    _app, client = await start_app(**jwt_settings())
     response = await client.get("/api/v1/chat/sessions/alice", headers=bearer(make_token()))
     assert_envelope(response, 401, "认证信息无效或已过期")
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 async def test_audience_and_issuer_are_checked_when_configured(start_app: Any) -> None:
-    app, client = await start_app(**jwt_settings(jwt_audience="c_app", jwt_issuer="https://idp.example"))
+    _app, client = await start_app(**jwt_settings(jwt_audience="c_app", jwt_issuer="https://idp.example"))
     good = token("alice", aud="c_app", iss="https://idp.example")
     assert (await client.get("/api/v1/chat/sessions/alice", headers=bearer(good))).status_code == 200
     for bad in (token("alice", aud="c_app"), token("alice", aud="other", iss="https://idp.example")):
@@ -131,12 +135,14 @@ async def test_audience_and_issuer_are_checked_when_configured(start_app: Any) -
 
 async def test_rs256_public_key(start_app: Any, tmp_path: Path) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     key_file = tmp_path / "jwt.pub"
     key_file.write_text(pem)
-    app, client = await start_app(auth_mode="jwt", jwt_public_key=str(key_file))
+    _app, client = await start_app(auth_mode="jwt", jwt_public_key=str(key_file))
     good = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, private, algorithm="RS256")
     assert (await client.get("/api/v1/chat/sessions/alice", headers=bearer(good))).status_code == 200
     # An HS256 token signed with the public key text (the classic algorithm confusion) is refused.
@@ -169,7 +175,7 @@ async def _upload(client: Any, headers: dict[str, str], user_id: str = "alice") 
 
 
 async def test_uploads_are_readable_by_owner_or_signed_url_only(start_app: Any) -> None:
-    app, client = await start_app(**jwt_settings())
+    _app, client = await start_app(**jwt_settings())
     alice, mallory = bearer(token("alice")), bearer(token("mallory"))
     data = await _upload(client, alice)
     url, name = data["file_url"], data["filename"]
@@ -206,15 +212,19 @@ async def test_expired_signature_is_refused(start_app: Any) -> None:
 
 
 async def test_signed_image_url_works_in_a_chat_message(start_app: Any) -> None:
-    app, client = await start_app(**jwt_settings())
+    _app, client = await start_app(**jwt_settings())
     alice = bearer(token("alice"))
     url = (await _upload(client, alice))["file_url"]
     content = [{"type": "text", "text": "这张图"}, {"type": "image_url", "image_url": {"url": url}}]
-    response = await client.post("/api/v1/chat/stream", json=chat_body(content, user_id="alice"), headers=alice)
+    response = await client.post(
+        "/api/v1/chat/stream", json=chat_body(content, user_id="alice"), headers=alice
+    )
     assert response.status_code == 200, response.text
     # Someone else cannot attach it, even holding the signed URL.
     mallory = bearer(token("mallory"))
-    stolen = await client.post("/api/v1/chat/stream", json=chat_body(content, user_id="mallory"), headers=mallory)
+    stolen = await client.post(
+        "/api/v1/chat/stream", json=chat_body(content, user_id="mallory"), headers=mallory
+    )
     assert_envelope(stolen, 400, "图片不存在或无权访问")
 
 
@@ -284,7 +294,9 @@ async def test_authenticate_websocket(start_app: Any) -> None:
     assert refused["type"] == "websocket.close" and refused["code"] == 1008
     bad = await websocket_handshake(app, "/ws-test", query="token=garbage")
     assert bad["type"] == "websocket.close" and bad["code"] == 1008
-    assert (await websocket_handshake(app, "/ws-test", query=f"token={token('alice')}"))["type"] == "websocket.accept"
+    assert (await websocket_handshake(app, "/ws-test", query=f"token={token('alice')}"))[
+        "type"
+    ] == "websocket.accept"
     by_header = await websocket_handshake(app, "/ws-test", headers=bearer(token("alice")))
     assert by_header["type"] == "websocket.accept"
 
@@ -293,11 +305,13 @@ async def test_authenticate_websocket(start_app: Any) -> None:
 
 
 async def test_security_headers_on_every_kind_of_response(start_app: Any) -> None:
-    app, client = await start_app(hsts_seconds=31536000)
+    _app, client = await start_app(hsts_seconds=31536000)
     answers = [
         await client.get("/health"),
         await client.get("/nope"),  # 404 from the router
-        await client.post("/api/v1/chat/memory/add", content=b"x" * 2_000_000, headers={"content-type": "application/json"}),
+        await client.post(
+            "/api/v1/chat/memory/add", content=b"x" * 2_000_000, headers={"content-type": "application/json"}
+        ),
         await client.post("/api/v1/chat/stream", json=chat_body("你好")),  # a stream
     ]
     for response in answers:
@@ -328,15 +342,20 @@ async def test_request_id_is_echoed_and_on_log_lines(app: Any, client: Any) -> N
     response = await client.get("/probe", headers={"X-Request-Id": "abc-123"})
     assert response.headers["X-Request-Id"] == "abc-123" and seen == ["abc-123"]
     response = await client.get("/probe", headers={"X-Request-Id": "bad id\nwith newline"})
-    assert response.headers["X-Request-Id"] != "bad id\nwith newline" and len(response.headers["X-Request-Id"]) == 32
+    assert (
+        response.headers["X-Request-Id"] != "bad id\nwith newline"
+        and len(response.headers["X-Request-Id"]) == 32
+    )
 
 
 async def test_secrets_and_messages_stay_out_of_info_logs(start_app: Any, caplog: Any) -> None:
-    app, client = await start_app(**jwt_settings())
+    _app, client = await start_app(**jwt_settings())
     secret_token = token("alice")
     with caplog.at_level(logging.INFO):
         await client.post(
-            "/api/v1/chat/stream", json=chat_body("我的手机号是13800000000", user_id="alice"), headers=bearer(secret_token)
+            "/api/v1/chat/stream",
+            json=chat_body("我的手机号是13800000000", user_id="alice"),
+            headers=bearer(secret_token),
         )
         await client.get("/api/v1/chat/sessions/alice", headers=bearer("forged-token-value"))
     text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
@@ -365,12 +384,20 @@ async def test_malformed_ids_are_422_everywhere_and_store_nothing(app: Any, clie
 
         assert_envelope(await client.get(f"/api/v1/chat/sessions/{quote(bad)}"), 422)
         assert_envelope(await client.get(f"/api/v1/chat/session/{quote(bad)}"), 422)
-    assert await count(app, Message) == 0 and await count(app, ChatSession) == 0 and await count(app, Upload) == 0
+    assert (
+        await count(app, Message) == 0
+        and await count(app, ChatSession) == 0
+        and await count(app, Upload) == 0
+    )
 
 
 async def test_empty_ids_keep_the_seed_messages(client: Any) -> None:
-    assert_envelope(await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id="")), 400, "用户ID不能为空")
-    assert_envelope(await client.post("/api/v1/chat/stream", json=chat_body("你好", session_id="")), 400, "会话ID不能为空")
+    assert_envelope(
+        await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id="")), 400, "用户ID不能为空"
+    )
+    assert_envelope(
+        await client.post("/api/v1/chat/stream", json=chat_body("你好", session_id="")), 400, "会话ID不能为空"
+    )
 
 
 async def test_nesting_keys_and_nul_are_bounded(app: Any, client: Any) -> None:
@@ -378,7 +405,9 @@ async def test_nesting_keys_and_nul_are_bounded(app: Any, client: Any) -> None:
     for _ in range(6):
         deep = {"k": deep}
     for metadata in (deep, {f"k{i}": i for i in range(51)}, {"note": "a\x00b"}):
-        response = await client.post("/api/v1/chat/memory/add", json={"user_id": "u", "content": "c", "metadata": metadata})
+        response = await client.post(
+            "/api/v1/chat/memory/add", json={"user_id": "u", "content": "c", "metadata": metadata}
+        )
         assert_envelope(response, 422)
     nul = await client.post("/api/v1/chat/memory/add", json={"user_id": "u", "content": "a\x00b"})
     assert_envelope(nul, 422)

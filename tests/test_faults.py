@@ -76,7 +76,9 @@ class TcpProxy:
 
 
 async def turn(client: Any, label: str) -> Any:
-    return await client.post("/api/v1/chat/stream", json=chat_body(f"退货政策 {label}", user_id="u", session_id=f"s-{label}"))
+    return await client.post(
+        "/api/v1/chat/stream", json=chat_body(f"退货政策 {label}", user_id="u", session_id=f"s-{label}")
+    )
 
 
 def assert_unavailable(response: Any) -> None:
@@ -91,7 +93,7 @@ async def test_postgresql_outage_and_recovery(start_app: Any, database_settings:
     await proxy.start()
     try:
         url = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        app, client = await start_app(database_url=url)
+        _app, client = await start_app(database_url=url)
         acknowledged: list[str] = []
         for i in range(4):
             response = await turn(client, f"before-{i}")
@@ -116,15 +118,23 @@ async def test_postgresql_outage_and_recovery(start_app: Any, database_settings:
     finally:
         await proxy.stop()
 
-    conn = await asyncpg.connect(PG_URL, server_settings={"search_path": database_settings["database_schema"]})
+    conn = await asyncpg.connect(
+        PG_URL, server_settings={"search_path": database_settings["database_schema"]}
+    )
     try:
         for label in acknowledged:
-            rows = await conn.fetch("SELECT role FROM messages WHERE session_id = $1 ORDER BY id", f"s-{label}")
+            rows = await conn.fetch(
+                "SELECT role FROM messages WHERE session_id = $1 ORDER BY id", f"s-{label}"
+            )
             assert [r["role"] for r in rows] == ["user", "assistant"], label
-            stored = await conn.fetchval("SELECT message_count FROM chat_sessions WHERE id = $1", f"s-{label}")
+            stored = await conn.fetchval(
+                "SELECT message_count FROM chat_sessions WHERE id = $1", f"s-{label}"
+            )
             assert stored == 2, label
         for label in refused:
-            assert await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1", f"s-{label}") == 0
+            assert (
+                await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1", f"s-{label}") == 0
+            )
     finally:
         await conn.close()
 

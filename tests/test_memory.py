@@ -74,3 +74,12 @@ async def test_sample_knowledge_base_is_loaded_once(start_app):
     assert first >= 60
     again, _ = await start_app()
     assert await count(again, Memory, Memory.scope == "public") == first
+
+
+async def test_sample_is_not_mixed_into_an_operators_knowledge_base(start_app):
+    app, _ = await start_app(load_sample_kb=False)
+    await app.state.services.memory.upsert_public(
+        [{"external_id": "own-1", "question": "营业执照在哪里看？", "answer": "在店铺首页底部。"}]
+    )
+    again, _ = await start_app()
+    assert await count(again, Memory, Memory.scope == "public") == 1

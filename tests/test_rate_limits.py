@@ -20,7 +20,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 def assert_limited(response: Any) -> None:
     assert response.status_code == 429, response.text
-    assert response.json()["error"] == {"code": 429, "message": "请求过于频繁，请稍后再试", "type": "HTTPException"}
+    assert response.json()["error"] == {
+        "code": 429,
+        "message": "请求过于频繁，请稍后再试",
+        "type": "HTTPException",
+    }
     retry_after = int(response.headers["Retry-After"])
     assert 1 <= retry_after <= 60
 
@@ -48,7 +52,7 @@ async def test_stream_limit_per_user(start_app: Any, storage: dict[str, Any]) ->
 
 
 async def test_address_limit_covers_many_users(start_app: Any, storage: dict[str, Any]) -> None:
-    app, client = await start_app(rate_limit_stream="2/minute", rate_limit_address_factor=1, **storage)
+    _app, client = await start_app(rate_limit_stream="2/minute", rate_limit_address_factor=1, **storage)
     assert (await stream(client, user="a", session="sa")).status_code == 200
     assert (await stream(client, user="b", session="sb")).status_code == 200
     assert_limited(await stream(client, user="c", session="sc"))
@@ -72,7 +76,7 @@ async def test_upload_and_memory_limits(start_app: Any, storage: dict[str, Any])
 
 
 async def test_zero_disables(start_app: Any) -> None:
-    app, client = await start_app(rate_limit_stream="0", rate_limit_address_factor=1)
+    _app, client = await start_app(rate_limit_stream="0", rate_limit_address_factor=1)
     for _ in range(5):
         assert (await stream(client)).status_code == 200
 
@@ -91,6 +95,8 @@ async def test_two_instances_share_one_count_in_redis(start_app: Any) -> None:
 async def test_unreachable_redis_lets_requests_through(start_app: Any) -> None:
     from .servers import free_port
 
-    app, client = await start_app(rate_limit_stream="1/minute", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    _app, client = await start_app(
+        rate_limit_stream="1/minute", redis_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
     for _ in range(2):
         assert (await stream(client)).status_code == 200

@@ -53,11 +53,15 @@ async def make_victim(client: httpx.AsyncClient) -> Victim:
     assert created.status_code == 200, created.text
     session_id = created.json()["session_id"]
     streamed = await client.post(
-        "/api/v1/chat/stream", json=chat_body("VICTIM-SECRET 我的地址", user_id=VICTIM, session_id=session_id), headers=auth
+        "/api/v1/chat/stream",
+        json=chat_body("VICTIM-SECRET 我的地址", user_id=VICTIM, session_id=session_id),
+        headers=auth,
     )
     assert streamed.status_code == 200, streamed.text
     memory = await client.post(
-        "/api/v1/chat/memory/add", json={"user_id": VICTIM, "content": "VICTIM-SECRET-MEMORY 住在北京"}, headers=auth
+        "/api/v1/chat/memory/add",
+        json={"user_id": VICTIM, "content": "VICTIM-SECRET-MEMORY 住在北京"},
+        headers=auth,
     )
     assert memory.status_code == 200, memory.text
     upload = await client.post(
@@ -129,7 +133,10 @@ class SchemaExamples:
                 if key in required or key.lower() in self.victim.values
             }
         if kind == "array":
-            return [self.value(schema.get("items", {}), None, depth + 1) for _ in range(max(1, schema.get("minItems", 1)))]
+            return [
+                self.value(schema.get("items", {}), None, depth + 1)
+                for _ in range(max(1, schema.get("minItems", 1)))
+            ]
         if kind == "integer":
             return max(1, int(schema.get("minimum", 1)))
         if kind == "number":
@@ -145,7 +152,13 @@ OBJECT_IDS = ("session_id", "x-session-id", "memory_id", "message_id", "name", "
 
 
 def build_request(
-    spec: dict[str, Any], path: str, method: str, operation: dict[str, Any], ex: SchemaExamples, *, optional: bool = True
+    spec: dict[str, Any],
+    path: str,
+    method: str,
+    operation: dict[str, Any],
+    ex: SchemaExamples,
+    *,
+    optional: bool = True,
 ) -> dict[str, Any]:
     url = path
     query: dict[str, Any] = {}
@@ -222,9 +235,13 @@ async def walk(app: FastAPI, client: httpx.AsyncClient, victim: Victim) -> list[
             )
             mine = await client.request(**variant)
             if names_object and mine.status_code not in allowed:
-                problems.append(f"{label}: a user reached another's object: {mine.status_code} {mine.text[:200]}")
+                problems.append(
+                    f"{label}: a user reached another's object: {mine.status_code} {mine.text[:200]}"
+                )
             if mine.status_code >= 500 or any(marker in mine.text for marker in SECRET_MARKERS):
-                problems.append(f"{label}: acting as itself, the attacker got {mine.status_code} or victim data")
+                problems.append(
+                    f"{label}: acting as itself, the attacker got {mine.status_code} or victim data"
+                )
     for route in app.routes:
         if isinstance(route, APIWebSocketRoute | WebSocketRoute):
             path = route.path
@@ -234,7 +251,10 @@ async def walk(app: FastAPI, client: httpx.AsyncClient, victim: Victim) -> list[
             if answer["type"] == "websocket.accept":
                 problems.append(f"WS {route.path}: accepted a socket with no user")
             wrong = await websocket_handshake(
-                app, path, query=f"user_id={VICTIM}&session_id={victim.values['session_id']}", headers=attacker
+                app,
+                path,
+                query=f"user_id={VICTIM}&session_id={victim.values['session_id']}",
+                headers=attacker,
             )
             if wrong["type"] == "websocket.http.response.start" and wrong["status"] >= 500:
                 problems.append(f"WS {route.path}: wrong user got {wrong['status']}")
@@ -248,7 +268,11 @@ async def test_every_route_refuses_no_user_and_the_wrong_user(start_app: Any) ->
     assert problems == []
     # The walk covered the routes that hold customer data (a spec change cannot empty it silently).
     walked = set(app.openapi()["paths"])
-    for path in ("/api/v1/chat/session/{session_id}", "/api/v1/chat/memory/private/{user_id}", "/static/uploads/{name}"):
+    for path in (
+        "/api/v1/chat/session/{session_id}",
+        "/api/v1/chat/memory/private/{user_id}",
+        "/static/uploads/{name}",
+    ):
         assert path in walked
 
 
@@ -269,6 +293,10 @@ async def test_the_walker_flags_a_route_added_without_the_check(start_app: Any) 
     app.add_api_websocket_route("/ws/leak", open_socket)
     problems = await walk(app, client, victim)
     assert any(p.startswith("GET /api/v1/chat/leak/{user_id}: no user got 200") for p in problems), problems
-    assert any(p.startswith("GET /api/v1/chat/leak/{user_id}: wrong user got 200") for p in problems), problems
-    assert any("/api/v1/chat/leak/{user_id}: wrong user saw the victim's data" in p for p in problems), problems
+    assert any(p.startswith("GET /api/v1/chat/leak/{user_id}: wrong user got 200") for p in problems), (
+        problems
+    )
+    assert any("/api/v1/chat/leak/{user_id}: wrong user saw the victim's data" in p for p in problems), (
+        problems
+    )
     assert any(p.startswith("WS /ws/leak") for p in problems), problems

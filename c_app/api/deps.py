@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, WebSocket
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import WebSocketException
+from starlette.formparsers import MultiPartException
 
 from ..security.auth import Actor, Authenticator, authenticate_websocket, credential_from
 from ..security.rate_limit import RateLimits
@@ -70,8 +71,8 @@ async def _user_named_in(request: Request) -> str | None:
             value = body.get("user_id") if isinstance(body, dict) else None
         elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             value = (await request.form()).get("user_id")
-    except Exception:
-        return None
+    except (ValueError, MultiPartException):
+        return None  # a body FastAPI will refuse anyway
     return value if isinstance(value, str) and value else None
 
 

@@ -39,7 +39,11 @@ def install_openapi(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         spec = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
         )
         spec.setdefault("components", {}).setdefault("schemas", {})[ENVELOPE_NAME] = ENVELOPE_SCHEMA
         spec["components"]["schemas"].pop("HTTPValidationError", None)
@@ -51,9 +55,14 @@ def install_openapi(app: FastAPI) -> None:
                     continue
                 responses = operation["responses"]
                 if "422" in responses:
-                    responses["422"] = {"description": "请求参数格式错误", "content": {"application/json": {"schema": ref}}}
+                    responses["422"] = {
+                        "description": "请求参数格式错误",
+                        "content": {"application/json": {"schema": ref}},
+                    }
                 for status, description in _ERROR_DESCRIPTIONS.items():
-                    responses.setdefault(status, {"description": description, "content": {"application/json": {"schema": ref}}})
+                    responses.setdefault(
+                        status, {"description": description, "content": {"application/json": {"schema": ref}}}
+                    )
         app.openapi_schema = spec
         return spec
 

@@ -37,7 +37,9 @@ def _owner_for(request: Request, name: str, exp: str | None, sig: str | None) ->
 
 
 @router.get("/static/uploads/{name}", response_class=FileResponse, responses=FILE_RESPONSES)
-async def show_upload(name: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None) -> FileResponse:
+async def show_upload(
+    name: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None
+) -> FileResponse:
     """Show an uploaded image (inline)."""
     upload, path = await services.uploads.get(name, owner_id=_owner_for(request, name, exp, sig))
     return FileResponse(

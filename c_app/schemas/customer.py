@@ -17,8 +17,10 @@ JSON_MAX_KEYS = 50
 
 def valid_id(value: str) -> bool:
     """What IdStr admits, plus non-empty: for ids that arrive outside a schema (tokens, path checks)."""
-    return 0 < len(value) <= ID_MAX and "/" not in value and not any(
-        ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value
+    return (
+        0 < len(value) <= ID_MAX
+        and "/" not in value
+        and not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value)
     )
 
 

@@ -61,7 +61,13 @@ class Actor:
         if not valid_id(user_id):
             # Schemas refuse these with 422; a route that takes the id some other way gets the same answer.
             raise RequestValidationError(
-                [{"loc": ("user_id",), "msg": f"用户ID须为 1-{ID_MAX} 个字符，不含控制字符和 /", "type": "value_error"}]
+                [
+                    {
+                        "loc": ("user_id",),
+                        "msg": f"用户ID须为 1-{ID_MAX} 个字符，不含控制字符和 /",
+                        "type": "value_error",
+                    }
+                ]
             )
         if self.user_id is not None and not hmac.compare_digest(user_id.encode(), self.user_id.encode()):
             raise Forbidden(FOREIGN_USER)

@@ -68,7 +68,8 @@ class RateLimits:
         if self.items.get(name) is None:
             return None
         for identity in identities:
-            item = self.address_items[name] if identity.startswith("ip:") else self.items[name]
+            item = self.address_items[name] if identity.startswith("ip:") else self.items.get(name)
+            assert item is not None  # checked above
             try:
                 if await self.limiter.hit(item, self.prefix, name, identity):
                     continue

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..api.middleware.request_id import RequestId
-from ..api.openapi import install_openapi
 from ..api.middleware.security_headers import SecurityHeaders
+from ..api.openapi import install_openapi
 from ..config import Settings
 from .auth import LOOPBACK_HOSTS, Authenticator
 from .rate_limit import RateLimits

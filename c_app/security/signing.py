@@ -34,7 +34,9 @@ def sign(settings: Settings, name: str, *, now: float | None = None) -> tuple[in
     return exp, _mac(signing_key(settings), name, exp)
 
 
-def verify(settings: Settings, name: str, exp: str | None, sig: str | None, *, now: float | None = None) -> bool:
+def verify(
+    settings: Settings, name: str, exp: str | None, sig: str | None, *, now: float | None = None
+) -> bool:
     if not exp or not sig or not exp.isdigit() or len(exp) > 12 or len(sig) > 64:
         return False
     if int(exp) < (now if now is not None else time.time()):

@@ -108,7 +108,9 @@ def _reencode(img: Image.Image, fmt: str, frames: int, target: Path) -> tuple[in
     if "icc_profile" in kept and fmt in ("JPEG", "PNG", "WEBP"):
         params["icc_profile"] = kept["icc_profile"]
     if frames > 1 and fmt in ("GIF", "WEBP", "PNG"):
-        img.save(target, fmt, save_all=True, **{k: v for k, v in kept.items() if k in _ANIMATION_INFO}, **params)
+        img.save(
+            target, fmt, save_all=True, **{k: v for k, v in kept.items() if k in _ANIMATION_INFO}, **params
+        )
         return img.width, img.height
     upright.info.clear()
     upright.info.update(kept)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from ..config import Settings
+from ..db import memories as memories_repo
 from ..db import meta
 from ..db.engine import Database
 from ..db.migrate import upgrade
@@ -34,6 +35,11 @@ async def init_memory_database(settings: Settings, db: Database, memory: MemoryS
         return
     async with db.read() as session:
         if await meta.get(session, _LOADED_KEY):
+            return
+        # An operator's own knowledge base (imported before the first start) is not mixed with the sample.
+        if await memories_repo.count(session, scope=memories_repo.PUBLIC):
+            await meta.put(session, _LOADED_KEY, "skipped: knowledge base not empty")
+            await session.commit()
             return
     path = Path(settings.sample_kb_path) if settings.sample_kb_path else SAMPLE_KB
     entries = read_jsonl(path)
