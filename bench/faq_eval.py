@@ -31,14 +31,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
 
-from c_app.config import Settings  # noqa: E402
-from c_app.db.engine import Database  # noqa: E402
-from c_app.db.memories import PUBLIC  # noqa: E402
-from c_app.db.migrate import upgrade  # noqa: E402
-from c_app.retrieval import normalize  # noqa: E402
-from c_app.services.memory_service import MemoryService  # noqa: E402
+from c_app.config import Settings
+from c_app.db.engine import Database
+from c_app.db.memories import PUBLIC
+from c_app.db.migrate import upgrade
+from c_app.retrieval import normalize
+from c_app.services.memory_service import MemoryService
 
 BATCH = 500
 USER = "faq-eval-user"
@@ -119,7 +119,9 @@ async def run(path: Path, workdir: Path) -> tuple[list[Outcome], dict[int, str],
             hits = await memory.search(USER, q["query"], limit=5)
             latencies.append((time.perf_counter() - t) * 1000)
             ranked = [
-                (int(str(h.memory.external_id).removeprefix("faq-")), h.score) for h in hits if h.scope == PUBLIC
+                (int(str(h.memory.external_id).removeprefix("faq-")), h.score)
+                for h in hits
+                if h.scope == PUBLIC
             ]
             outcomes.append(Outcome(q["query"], q["gold"], ranked))
     finally:
@@ -181,8 +183,11 @@ def threshold_table(outcomes: list[Outcome], questions: dict[int, str]) -> None:
             continue
         t, m, _, (cov, p, pl) = best
         plain = next(
-            ((tt, rule_stats(rows, tt, 0.0)) for tt in [x / 100 for x in range(30, 101)]
-             if rule_stats(rows, tt, 0.0)[which] >= TARGET),
+            (
+                (tt, rule_stats(rows, tt, 0.0))
+                for tt in [x / 100 for x in range(30, 101)]
+                if rule_stats(rows, tt, 0.0)[which] >= TARGET
+            ),
             None,
         )
         print(
@@ -195,7 +200,9 @@ def threshold_table(outcomes: list[Outcome], questions: dict[int, str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", type=Path)
     parser.add_argument("--threshold-table", action="store_true")
     args = parser.parse_args()

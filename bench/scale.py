@@ -29,15 +29,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
 
-from c_app.config import Settings  # noqa: E402
-from c_app.db.engine import Database  # noqa: E402
-from c_app.db.migrate import upgrade  # noqa: E402
-from c_app.retrieval import LexicalIndex  # noqa: E402
-from c_app.services.knowledge_formats import RawRow  # noqa: E402
-from c_app.services.knowledge_service import KnowledgeService  # noqa: E402
-from c_app.services.memory_service import MemoryService  # noqa: E402
+from c_app.config import Settings
+from c_app.db.engine import Database
+from c_app.db.migrate import upgrade
+from c_app.retrieval import LexicalIndex
+from c_app.services.knowledge_formats import RawRow
+from c_app.services.knowledge_service import KnowledgeService
+from c_app.services.memory_service import MemoryService
 
 EVAL_DIR = ROOT.parent / "shared" / "data" / "faq-eval"
 SAMPLE_KB = ROOT / "c_app" / "data" / "sample_kb.jsonl"
@@ -81,7 +81,12 @@ def make_entries(n: int, sample: list[dict[str, Any]], questions: list[str]) -> 
         base = pool[i % len(pool)]
         question = base if i < len(pool) else f"{base} {i // len(pool)}"
         entries.append(
-            {"external_id": f"scale-{i}", "question": question, "answer": answers[i % len(answers)], "category": "压测"}
+            {
+                "external_id": f"scale-{i}",
+                "question": question,
+                "answer": answers[i % len(answers)],
+                "category": "压测",
+            }
         )
     return entries
 
@@ -112,13 +117,18 @@ async def fill_and_query(settings: Settings, n_entries: int, n_queries: int) -> 
         import_s = time.perf_counter() - started
         started = time.perf_counter()
         for i in range(1000):
-            await memory.add_private(USER, f"备注{i}：{queries[(i * 7) % len(queries)]}", {"title": f"备注{i}"})
+            await memory.add_private(
+                USER, f"备注{i}：{queries[(i * 7) % len(queries)]}", {"title": f"备注{i}"}
+            )
         for i in range(1000):
             question = queries[(i * 13 + 5) % len(queries)]
-            await memory.add_exchange(USER, question, f"关于“{question}”的答复。", "scale-session", grounded=True)
+            await memory.add_exchange(
+                USER, question, f"关于“{question}”的答复。", "scale-session", grounded=True
+            )
         memories_s = time.perf_counter() - started
         probe = queries[len(queries) // 2 :][:n_queries] or queries[:n_queries]
-        for q in probe[:50]:  # first searches pack the postings the bulk load appended, and load the user indexes
+        # The first searches pack the postings the bulk load appended and build the user's indexes.
+        for q in probe[:50]:
             await memory.search(USER, q, limit=5)
         latencies = []
         for q in probe:
@@ -169,7 +179,9 @@ async def startup(settings: Settings) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--startup-only", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)

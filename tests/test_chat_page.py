@@ -35,7 +35,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# The README's picture: refreshed only when asked (C_APP_SCREENSHOT=1), so a test run leaves the tree clean.
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "chat-page.png"
+WRITE_SCREENSHOT = os.environ.get("C_APP_SCREENSHOT") == "1"
 TIMEOUT_MS = 30_000
 
 pytestmark = [
@@ -163,7 +165,8 @@ def test_chat_page_end_to_end(server: tuple[str, str], page: Any) -> None:
         {"type": "text", "text": "这张图片里的订单能开发票吗？"},
         {"type": "image_url", "image_url": {"url": src}},
     ]
-    page.screenshot(path=str(SCREENSHOT))
+    shot = page.screenshot(path=str(SCREENSHOT) if WRITE_SCREENSHOT else None)
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
 
     # An answer carrying markup shows it as text; nothing in it runs or becomes an element.
     hostile = ask(page, HOSTILE_QUESTION)

@@ -25,7 +25,11 @@ QUERY = "我的快递为什么还没有到"
 PARAPHRASE = "东西怎么还没送到我这里"
 DISTRACTOR = "快递公司有哪些"
 ENTRIES: list[dict[str, Any]] = [
-    {"external_id": "para", "question": PARAPHRASE, "answer": "物流延误时请在订单页点击“催促发货”，我们会为您跟进。"},
+    {
+        "external_id": "para",
+        "question": PARAPHRASE,
+        "answer": "物流延误时请在订单页点击“催促发货”，我们会为您跟进。",
+    },
     {"external_id": "d1", "question": DISTRACTOR, "answer": "我们合作的快递公司有顺丰、中通和京东物流。"},
     {"external_id": "d2", "question": "快递单号查询", "answer": "在“我的订单”中可以看到快递单号。"},
     {"external_id": "d3", "question": "快递费怎么算", "answer": "满99元包邮，不满收取8元运费。"},
@@ -84,10 +88,14 @@ async def test_imported_entries_get_their_vectors_stored_in_one_batch(start_app,
     para = stored[ids["para"]]
     assert para.model == "standin-embed" and para.dims == 64
     assert para.text_hash == text_hash(PARAPHRASE)
-    np.testing.assert_allclose(np.frombuffer(para.vector, dtype="<f4"), hashed_embedding(PARAPHRASE), atol=1e-6)
+    np.testing.assert_allclose(
+        np.frombuffer(para.vector, dtype="<f4"), hashed_embedding(PARAPHRASE), atol=1e-6
+    )
 
 
-async def test_an_edited_entry_is_embedded_again_and_a_deleted_one_loses_its_vector(start_app, standin) -> None:
+async def test_an_edited_entry_is_embedded_again_and_a_deleted_one_loses_its_vector(
+    start_app, standin
+) -> None:
     app, _ = await start_app(**dense_settings(standin))
     ids = await load_entries(app)
     memory = app.state.services.memory
@@ -100,7 +108,9 @@ async def test_an_edited_entry_is_embedded_again_and_a_deleted_one_loses_its_vec
     assert ids["f3"] not in stored
     assert stored[ids["f2"]].text_hash == text_hash("电子发票在哪里下载")
     np.testing.assert_allclose(
-        np.frombuffer(stored[ids["f2"]].vector, dtype="<f4"), hashed_embedding("电子发票在哪里下载"), atol=1e-6
+        np.frombuffer(stored[ids["f2"]].vector, dtype="<f4"),
+        hashed_embedding("电子发票在哪里下载"),
+        atol=1e-6,
     )
 
 
@@ -154,7 +164,8 @@ async def test_an_embeddings_outage_falls_back_to_lexical_results(start_app, sta
 
     # Writes still succeed while the endpoint is down, and are found lexically.
     response = await client.post(
-        "/api/v1/chat/memory/add", json={"user_id": "dense-user", "content": "我的快递放在门卫室", "metadata": {}}
+        "/api/v1/chat/memory/add",
+        json={"user_id": "dense-user", "content": "我的快递放在门卫室", "metadata": {}},
     )
     assert response.status_code == 200
     assert any(h["content"] == "我的快递放在门卫室" for h in await retrieve(client, "快递放在哪里"))

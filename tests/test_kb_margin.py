@@ -35,7 +35,10 @@ async def test_two_entries_that_tie_with_different_answers_get_suggestions_not_a
 async def test_without_a_margin_the_tie_is_answered_directly(start_app) -> None:
     client = await kb_app(
         start_app,
-        [{"question": "会员卡怎么办理", "answer": ANSWER_CARD}, {"question": "会员卡怎么办理呢", "answer": ANSWER_APP}],
+        [
+            {"question": "会员卡怎么办理", "answer": ANSWER_CARD},
+            {"question": "会员卡怎么办理呢", "answer": ANSWER_APP},
+        ],
         answer_margin=0.0,
     )
     text = answer_text((await client.post(STREAM, json=chat_body("会员卡怎么办理"))).text)
@@ -45,7 +48,10 @@ async def test_without_a_margin_the_tie_is_answered_directly(start_app) -> None:
 async def test_duplicate_entries_with_one_answer_do_not_block_it(start_app) -> None:
     client = await kb_app(
         start_app,
-        [{"question": "会员卡怎么办理", "answer": ANSWER_CARD}, {"question": "会员卡怎么办理呢", "answer": ANSWER_CARD}],
+        [
+            {"question": "会员卡怎么办理", "answer": ANSWER_CARD},
+            {"question": "会员卡怎么办理呢", "answer": ANSWER_CARD},
+        ],
     )
     text = answer_text((await client.post(STREAM, json=chat_body("会员卡怎么办理"))).text)
     assert text == ANSWER_CARD
@@ -54,7 +60,10 @@ async def test_duplicate_entries_with_one_answer_do_not_block_it(start_app) -> N
 async def test_a_clear_leader_is_answered(start_app) -> None:
     client = await kb_app(
         start_app,
-        [{"question": "会员卡怎么办理", "answer": ANSWER_CARD}, {"question": "会员积分怎么兑换", "answer": ANSWER_APP}],
+        [
+            {"question": "会员卡怎么办理", "answer": ANSWER_CARD},
+            {"question": "会员积分怎么兑换", "answer": ANSWER_APP},
+        ],
     )
     text = answer_text((await client.post(STREAM, json=chat_body("会员卡怎么办理"))).text)
     assert text == ANSWER_CARD

@@ -80,11 +80,15 @@ async def replicas(
     with ExitStack() as stack:
         # A first, so the schema is migrated once; B then starts on the migrated database.
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        async with httpx.AsyncClient(timeout=10) as client:
+        # Generous timeout: a server's first search loads jieba and the background statistics,
+        # which takes seconds on a busy machine. Both are warmed here, outside any timed window.
+        async with httpx.AsyncClient(timeout=60) as client:
             a = stack.enter_context(server_process(env, tmp_path, logs[0]))
             await wait_ready(client, a, logs[0])
             b = stack.enter_context(server_process(env, tmp_path, logs[1]))
             await wait_ready(client, b, logs[1])
+            for base in (a, b):
+                await retrieve(client, base, "预热")
             yield client, a, b
 
 
@@ -116,7 +120,8 @@ async def seen_within(
 def has(memory_id: int, kind: str, text: str | None = None) -> Callable[[list[dict[str, Any]]], bool]:
     def check(hits: list[dict[str, Any]]) -> bool:
         return any(
-            h["id"] == memory_id and h["type"] == kind and (text is None or text in h["content"]) for h in hits
+            h["id"] == memory_id and h["type"] == kind and (text is None or text in h["content"])
+            for h in hits
         )
 
     return check
@@ -169,7 +174,11 @@ async def test_knowledge_entry_written_on_a_is_found_updated_and_deleted_on_b(
     response = await client.post(
         f"{a}/api/v1/admin/knowledge",
         headers=admin,
-        json={"question": question, "answer": "量子保温杯请用温水和软毛刷清洗，不要放进洗碗机。", "category": "售后"},
+        json={
+            "question": question,
+            "answer": "量子保温杯请用温水和软毛刷清洗，不要放进洗碗机。",
+            "category": "售后",
+        },
     )
     written = time.monotonic()
     assert response.status_code == 200, response.text

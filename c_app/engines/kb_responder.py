@@ -101,13 +101,13 @@ class KnowledgeBaseResponder:
                 best[hit.scope] = hit
         # The knowledge base is the authority on policy; the customer's own memories come next.
         for scope in (PUBLIC, PRIVATE, CHAT):
-            hit = best.get(scope)
+            top = best.get(scope)
             bar = self.threshold if scope == PUBLIC else self.memory_threshold
-            if hit is None or hit.score < bar or not hit.memory.meta.get("grounded", True):
+            if top is None or top.score < bar or not top.memory.meta.get("grounded", True):
                 continue
-            if scope == PUBLIC and hit.score - self._runner_up(hit, memories) < self.margin:
+            if scope == PUBLIC and top.score - self._runner_up(top, memories) < self.margin:
                 continue  # ambiguous: the no-match reply offers the close questions instead
-            return self._answer_from(hit), [hit]
+            return self._answer_from(top), [top]
         return self._no_match(memories), []
 
     @staticmethod

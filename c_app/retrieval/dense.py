@@ -62,7 +62,7 @@ class EmbeddingClient:
         self._client = AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            timeout=timeout,
             max_retries=0,
         )
 
@@ -112,7 +112,9 @@ class VectorStore:
         if self._rows.shape[1] != len(vector):
             if self._slot:
                 # A different model's width: the old vectors are not comparable, start over.
-                logger.warning("embedding width changed %d -> %d; vectors dropped", self._rows.shape[1], len(vector))
+                logger.warning(
+                    "embedding width changed %d -> %d; vectors dropped", self._rows.shape[1], len(vector)
+                )
             self._reset(len(vector))
         slot = self._slot.get(doc_id)
         if slot is None:

@@ -64,7 +64,9 @@ class DenseSearch:
         after = 0
         while True:
             async with self.db.read() as db:
-                batch = await vector_repo.for_scope(db, scope=PUBLIC, owner_id="", after_id=after, limit=_LOAD_BATCH)
+                batch = await vector_repo.for_scope(
+                    db, scope=PUBLIC, owner_id="", after_id=after, limit=_LOAD_BATCH
+                )
             for memory, stored in batch:
                 if stored is not None and self._current(stored, memory):
                     self.store.upsert(memory.id, np.frombuffer(stored.vector, dtype="<f4"))
