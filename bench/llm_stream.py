@@ -28,13 +28,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from c_app.config import Settings  # noqa: E402
-from c_app.db import messages as messages_repo  # noqa: E402
-from c_app.db import sessions as sessions_repo  # noqa: E402
-from c_app.db.engine import Database  # noqa: E402
-from c_app.main import build_services  # noqa: E402
-from c_app.utils.init_memory_db import init_memory_database, read_jsonl  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from c_app.config import Settings
+from c_app.db import messages as messages_repo
+from c_app.db import sessions as sessions_repo
+from c_app.db.engine import Database
+from c_app.main import build_services
+from c_app.utils.init_memory_db import init_memory_database, read_jsonl
+from tests.servers import free_port
 
 
 def make_kb(path: Path, size: int) -> None:
@@ -153,9 +153,10 @@ def main() -> None:
             "RATE_LIMIT_STREAM": "",
         }
         t0 = time.perf_counter()
-        asyncio.run(prepare(Settings(_env_file=None, **{  # type: ignore[call-arg]
-            "memory_db_path": env["MEMORY_DB_PATH"], "upload_dir": env["UPLOAD_DIR"], "sample_kb_path": str(kb),
-        }), sessions, 20))
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, memory_db_path=env["MEMORY_DB_PATH"], upload_dir=env["UPLOAD_DIR"], sample_kb_path=str(kb)
+        )
+        asyncio.run(prepare(settings, sessions, 20))
         print(f"prepared {args.kb} entries and {sessions} sessions x 20 messages in {time.perf_counter() - t0:.1f}s")
         stand = subprocess.Popen(
             [sys.executable, "-m", "tests.llm_standin", "--port", str(stand_port), "--chunks", str(args.chunks)],

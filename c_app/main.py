@@ -9,18 +9,18 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from openai import AsyncOpenAI
 from fastapi.responses import JSONResponse
+from openai import AsyncOpenAI
 
 from . import __version__
 from .api import api_router
+from .api.chat_page import setup_chat_page
 from .api.deps import Services
-from .api.openai_compat import router as openai_router
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
 from .api.middleware.request_id import RequestIdFilter
-from .api.chat_page import setup_chat_page
+from .api.openai_compat import router as openai_router
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .db.engine import Database

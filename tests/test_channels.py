@@ -53,11 +53,10 @@ async def stored(settings, *where):
 
 async def test_typed_sse_events_with_ids(live):
     base, settings = live
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        async with aconnect_sse(
-            client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("买东西怎么开发票？")
-        ) as source:
-            events = [(sse.event, sse.id, json.loads(sse.data)) async for sse in source.aiter_sse()]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client, aconnect_sse(
+        client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("买东西怎么开发票？")
+    ) as source:
+        events = [(sse.event, sse.id, json.loads(sse.data)) async for sse in source.aiter_sse()]
     kinds = [kind for kind, _, _ in events]
     assert kinds[0] == "sources" and kinds[-1] == "done"
     assert kinds.count("delta") > 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -62,7 +63,7 @@ async def test_answer_streams_from_the_model_grounded_in_retrieval(llm_app, stan
 
 
 async def test_history_is_kept_within_the_token_budget(start_app, standin):
-    app, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_history_tokens=60)
+    _, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_history_tokens=60)
     for i in range(6):
         standin.script.append({"kind": "stream", "text": f"第{i}个回答。" + "好" * 10})
         await client.post(STREAM, json=chat_body(f"第{i}个问题" + "啊" * 10))
@@ -161,7 +162,7 @@ async def test_transfer_tool_marks_the_session_and_tells_the_client(llm_app, sta
     ],
 )
 async def test_malformed_tool_calls_are_handled(llm_app, standin, call):
-    app, client = llm_app
+    _, client = llm_app
     standin.script += [call, {"kind": "stream", "text": "抱歉，请再说一遍。"}]
     response = await client.post(STREAM, json=chat_body("帮我查一下"))
     assert response.status_code == 200
@@ -170,7 +171,7 @@ async def test_malformed_tool_calls_are_handled(llm_app, standin, call):
 
 
 async def test_tool_loop_is_bounded(start_app, standin):
-    app, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_max_tool_rounds=2)
+    _, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_max_tool_rounds=2)
     standin.script += [{"kind": "tool", "name": "search_knowledge", "arguments": '{"query": "x"}'}] * 2
     standin.script.append({"kind": "stream", "text": "最终回答。"})
     response = await client.post(STREAM, json=chat_body("查"))
@@ -180,7 +181,7 @@ async def test_tool_loop_is_bounded(start_app, standin):
 
 
 async def test_images_reach_the_model_as_data_urls(llm_app, standin):
-    app, client = llm_app
+    _, client = llm_app
     url = await upload_image(client)
     parts = [{"type": "text", "text": "这个坏了"}, {"type": "image_url", "image_url": {"url": url}}]
     await client.post(STREAM, json=chat_body(parts))
@@ -191,7 +192,7 @@ async def test_images_reach_the_model_as_data_urls(llm_app, standin):
 
 
 async def test_images_are_not_sent_to_a_model_without_vision(start_app, standin):
-    app, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_send_images=False)
+    _, client = await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_send_images=False)
     url = await upload_image(client)
     parts = [{"type": "text", "text": "这个坏了"}, {"type": "image_url", "image_url": {"url": url}}]
     await client.post(STREAM, json=chat_body(parts))
@@ -199,7 +200,7 @@ async def test_images_are_not_sent_to_a_model_without_vision(start_app, standin)
 
 
 async def test_api_key_never_logged_or_returned(llm_app, standin, caplog):
-    app, client = llm_app
+    _, client = llm_app
     caplog.set_level(logging.DEBUG)
     standin.script += [{"kind": "error", "status": 401}, {"kind": "cut", "text": "半句"}]
     first = await client.post(STREAM, json=chat_body("你好"))
@@ -230,10 +231,10 @@ async def test_client_disconnect_closes_the_upstream_and_keeps_the_partial(make_
             left_at = time.monotonic()
         deadline = left_at + 5
         while not standin.disconnects and time.monotonic() < deadline:
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         assert standin.disconnects, "the upstream request was not closed"
         assert standin.disconnects[0] - left_at < 1.0
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
         async with httpx.AsyncClient(base_url=base) as client:
             session = (await client.get("/api/v1/chat/session/session456")).json()
     assert session["message_count"] == 2

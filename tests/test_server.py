@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from .conftest import BACKEND, PG_URL
+from .conftest import BACKEND
 from .utils import sse_data
 
 ROOT = Path(__file__).resolve().parent.parent

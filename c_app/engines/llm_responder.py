@@ -242,9 +242,9 @@ class LLMResponder:
         """Run one tool call; malformed or unknown calls get an error result the model can read."""
         try:
             args = json.loads(call.arguments or "{}")
-            if not isinstance(args, dict):
-                raise ValueError("arguments must be an object")
         except ValueError:
+            args = None
+        if not isinstance(args, dict):
             return json.dumps({"error": "参数不是合法的 JSON 对象"}, ensure_ascii=False), []
         if call.name == "search_knowledge":
             query = str(args.get("query", ""))[:500].strip()

@@ -25,11 +25,11 @@ from ..config import Settings
 from ..db import messages as messages_repo
 from ..db import sessions as sessions_repo
 from ..db.engine import Database
+from ..db.memories import PUBLIC, RetrievedMemory
 from ..db.models import utcnow
 from ..engines.base import Engine, TurnContext
 from ..errors import BadRequest, NotFound
 from ..schemas.customer import ChatMessage
-from ..db.memories import PUBLIC, RetrievedMemory
 from ..schemas.events import (
     ChatEvent,
     DeltaEvent,
