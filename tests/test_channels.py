@@ -262,3 +262,24 @@ async def test_openai_default_session_per_user(live):
             )
     messages = await stored(settings, Message.session_id == "openai-plain-user")
     assert len(messages) == 4
+
+
+async def test_websocket_turns_count_against_the_stream_rate_limit(make_settings):
+    with serve(create_app(make_settings(rate_limit_stream="1/minute"))) as base:
+        async with websockets.connect(ws_url(base)) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "message", **chat_body("你好")}))
+            assert (await frames_until_done(ws))[-1]["type"] == "done"
+            await ws.send(json.dumps({"type": "message", **chat_body("谢谢")}))
+            refused = json.loads(await ws.recv())
+    assert refused["type"] == "error" and refused["code"] == 429
+
+
+async def test_openai_door_counts_against_the_stream_rate_limit(make_settings):
+    with serve(create_app(make_settings(rate_limit_stream="1/minute"))) as base:
+        async with openai.AsyncOpenAI(api_key="unused", base_url=base + "/v1", max_retries=0) as client:
+            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "你好"}], user="rl")
+            with pytest.raises(openai.RateLimitError):
+                await client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": "你好"}], user="rl"
+                )

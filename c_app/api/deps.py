@@ -68,7 +68,8 @@ async def _user_named_in(request: Request) -> str | None:
         if content_type.startswith("application/json"):
             # FastAPI has already read the body; Starlette caches it, so this costs a parse, not a read.
             body = await request.json()
-            value = body.get("user_id") if isinstance(body, dict) else None
+            # "user" is how the OpenAI-compatible door names the customer.
+            value = (body.get("user_id") or body.get("user")) if isinstance(body, dict) else None
         elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             value = (await request.form()).get("user_id")
     except (ValueError, MultiPartException):

@@ -24,7 +24,7 @@ from ..engines.prompt import estimate_tokens
 from ..errors import BadRequest
 from ..schemas.customer import ChatMessage
 from ..schemas.events import DeltaEvent, DoneEvent, ErrorEvent
-from .deps import ActorDep, ServicesDep
+from .deps import ActorDep, ServicesDep, StreamLimit
 from .streaming import EventStreamResponse
 
 router = APIRouter(prefix="/v1", tags=["OpenAI 兼容接口"])
@@ -78,7 +78,7 @@ async def list_models() -> JSONResponse:
     )
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, dependencies=[StreamLimit])
 async def chat_completions(
     request: CompletionRequest,
     services: ServicesDep,
@@ -86,7 +86,8 @@ async def chat_completions(
     x_session_id: str | None = Header(default=None, max_length=128),
 ) -> JSONResponse | EventStreamResponse:
     """OpenAI 兼容的对话接口（支持 stream）；用户取自 `user`，会话取自 `X-Session-Id` 或 metadata。"""
-    user_id = actor.act_for(request.user or "")
+    # With end-user tokens the token names the user; `user` may be left out.
+    user_id = actor.act_for(request.user or actor.user_id or "")
     session_id = x_session_id or str((request.metadata or {}).get("session_id") or "") or f"openai-{user_id}"
     if len(session_id) > 128:
         raise BadRequest("会话ID过长")

@@ -124,6 +124,9 @@ class _Connection:
             if not request.session_id.strip():
                 await self.error("会话ID不能为空", 400)
                 return
+            # Each turn counts against the same limit as POST /stream, per user and per address.
+            client = self.ws.client.host if self.ws.client else "unknown"
+            await self.ws.app.state.rate_limits.check("stream", f"user:{user_id[:128]}", f"ip:{client}")
             turn = await self.services.chat.prepare(
                 user_id=user_id, session_id=request.session_id, message=request.message
             )
