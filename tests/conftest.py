@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from fastapi import FastAPI
 
 from c_app.config import Settings
 from c_app.main import create_app
+
+from .llm_standin import StandIn
+from .servers import serve
 
 BACKEND = os.environ.get("C_APP_TEST_DB", "sqlite")
 PG_URL = os.environ.get("C_APP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -74,6 +77,15 @@ async def start_app(make_settings: Callable[..., Settings]) -> AsyncIterator[App
             return app, client
 
         yield start
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """The OpenAI-compatible stand-in model on a loopback port; `standin.base_url` ends in /v1."""
+    stand = StandIn()
+    with serve(stand.app) as base:
+        stand.base_url = base + "/v1"
+        yield stand
 
 
 @pytest.fixture

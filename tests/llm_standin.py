@@ -42,6 +42,7 @@ class _WatchedStream(StreamingResponse):
 class StandIn:
     def __init__(self, *, model: str = "standin-model") -> None:
         self.model = model
+        self.base_url = ""  # set by whoever serves it
         self.default_text = "您好，这是模型的回答。"
         self.script: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []

@@ -24,14 +24,6 @@ KEY = "sk-channels-test"
 
 
 @pytest.fixture
-def standin():
-    stand = StandIn()
-    with serve(stand.app) as base:
-        stand.base_url = base + "/v1"  # type: ignore[attr-defined]
-        yield stand
-
-
-@pytest.fixture
 async def live(make_settings) -> AsyncIterator[tuple[str, object]]:
     settings = make_settings(ws_heartbeat_seconds=5)
     with serve(create_app(settings)) as base:

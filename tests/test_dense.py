@@ -8,17 +8,14 @@ words and bigrams the lexical index weighs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pytest
 
 from c_app.db.models import MemoryVector
 from c_app.retrieval.dense import text_hash
 
 from .llm_standin import StandIn, hashed_embedding
-from .servers import serve
 from .utils import count, rows
 
 QUERY = "我的快递为什么还没有到"
@@ -37,14 +34,6 @@ ENTRIES: list[dict[str, Any]] = [
     {"external_id": "f2", "question": "发票怎么开", "answer": "订单完成后可在订单详情页申请电子发票。"},
     {"external_id": "f3", "question": "会员积分有什么用", "answer": "积分可以抵扣现金，100积分抵1元。"},
 ]
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    stand = StandIn()
-    with serve(stand.app) as base:
-        stand.base_url = base + "/v1"  # type: ignore[attr-defined]
-        yield stand
 
 
 def dense_settings(standin: StandIn) -> dict[str, Any]:

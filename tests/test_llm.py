@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,20 +14,11 @@ import pytest
 from c_app.db.models import ChatSession, Memory, Message
 from c_app.main import create_app
 
-from .llm_standin import StandIn
 from .servers import free_port, serve
 from .utils import answer_text, chat_body, png_bytes, rows, sse_data, upload_image
 
 STREAM = "/api/v1/chat/stream"
 KEY = "sk-test-secret-9f8e7d6c"
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    stand = StandIn()
-    with serve(stand.app) as base:
-        stand.base_url = base + "/v1"  # type: ignore[attr-defined]
-        yield stand
 
 
 @pytest.fixture
