@@ -41,8 +41,24 @@ class RetrievedMemory:
         return item
 
 
+OWN_CHANGES = "c_app.own_changes"
+
+
 def _log(db: AsyncSession, memory: Memory) -> None:
-    db.add(MemoryChange(memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow()))
+    change = MemoryChange(memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow())
+    db.add(change)
+    _remember(db, change)
+
+
+def _remember(db: AsyncSession, *changes: MemoryChange | int) -> None:
+    """Note this transaction's change-log entries (objects get their seq at flush) in `db.info`,
+    so the writer can skip them when it reads the log back (see `own_change_seqs`)."""
+    db.info.setdefault(OWN_CHANGES, []).extend(changes)
+
+
+def own_change_seqs(db: AsyncSession) -> list[int]:
+    """Sequence numbers of the change-log entries written in this (committed) session."""
+    return [c if isinstance(c, int) else c.seq for c in db.info.get(OWN_CHANGES, ())]
 
 
 async def add(
@@ -90,6 +106,7 @@ async def remove(db: AsyncSession, memory: Memory) -> None:
     await db.delete(memory)
     db.add(ref)
     await db.flush()
+    _remember(db, ref)
 
 
 async def get(db: AsyncSession, memory_id: int, *, scope: str, owner_id: str) -> Memory | None:
@@ -206,7 +223,7 @@ async def add_many(db: AsyncSession, rows: Sequence[dict[str, Any]], *, scope: s
     statement = insert(Memory).returning(Memory)
     memories = list((await db.scalars(statement, values)).all())
     changes = [{"memory_id": m.id, "scope": scope, "owner_id": owner_id, "created_at": now} for m in memories]
-    await db.execute(insert(MemoryChange), changes)
+    _remember(db, *(await db.scalars(insert(MemoryChange).returning(MemoryChange.seq), changes)).all())
     return memories
 
 
@@ -219,7 +236,7 @@ async def touch_many(db: AsyncSession, memories: Sequence[Memory]) -> None:
         memory.updated_at = now
     await db.flush()
     changes = [{"memory_id": m.id, "scope": m.scope, "owner_id": m.owner_id, "created_at": now} for m in memories]
-    await db.execute(insert(MemoryChange), changes)
+    _remember(db, *(await db.scalars(insert(MemoryChange).returning(MemoryChange.seq), changes)).all())
 
 
 def _filtered(query: Any, *, scope: str, owner_id: str, category: str | None, text: str | None) -> Any:

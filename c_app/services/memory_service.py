@@ -16,6 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -96,9 +97,8 @@ class MemoryService:
         self._user_indexes: OrderedDict[tuple[str, str], LexicalIndex] = OrderedDict()
         self._last_seq = 0
         self._gaps: dict[int, float] = {}
-        # Versions (updated_at) this process already indexed itself, so the change log it reads back
-        # does not tokenise its own writes a second time.
-        self._indexed: dict[int, Any] = {}
+        # Change-log entries this process wrote itself (and indexed at once): skipped when read back.
+        self._own_seqs: set[int] = set()
         self._last_poll = 0.0
         self._refresh_lock = asyncio.Lock()
         # Optional dense retrieval over the knowledge base (set by build_services with EMBEDDING_BASE_URL).
@@ -141,16 +141,29 @@ class MemoryService:
             await self._poll_changes()
             self._last_poll = time.monotonic()
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction whose change-log entries this process will not re-apply."""
+        async with self.db.transaction() as db:
+            yield db
+        self._own_seqs.update(repo.own_change_seqs(db))
+
     async def _poll_changes(self) -> None:
         now = time.monotonic()
         self._gaps = {seq: seen for seq, seen in self._gaps.items() if now - seen < _GAP_TTL}
+        # Own entries right after the last applied one need not be read back at all (a bulk import).
+        while self._last_seq + 1 in self._own_seqs:
+            self._last_seq += 1
+            self._own_seqs.discard(self._last_seq)
         async with self.db.read() as db:
             changes = await repo.changes_since(db, self._last_seq, also=list(self._gaps))
             if not changes:
                 return
-            rows = await repo.get_many(db, sorted({c.memory_id for c in changes}))
+            foreign = [c for c in changes if c.seq not in self._own_seqs]
+            rows = await repo.get_many(db, sorted({c.memory_id for c in foreign})) if foreign else {}
         for change in changes:
             self._gaps.pop(change.seq, None)
+            self._own_seqs.discard(change.seq)
         # A sequence number skipped over may belong to a transaction that has not committed yet.
         seen = {c.seq for c in changes}
         top = max(seen)
@@ -158,19 +171,17 @@ class MemoryService:
             if seq not in seen:
                 self._gaps[seq] = now
         self._last_seq = max(self._last_seq, top)
-        for change in changes:
+        for change in foreign:
             index = self._index_for(change.scope, change.owner_id, create=False)
             if index is None:
                 continue
             row = rows.get(change.memory_id)
             if row is None:
                 index.remove(change.memory_id)
-            elif self._indexed.get(row.id) != row.updated_at:
+            else:
                 index.upsert(row.id, *index_fields(row))
-        for change in changes:
-            self._indexed.pop(change.memory_id, None)
         if self.dense is not None and self._public_loaded:
-            self.dense.schedule_ids(c.memory_id for c in changes if c.scope == PUBLIC)
+            self.dense.schedule_ids(c.memory_id for c in foreign if c.scope == PUBLIC)
 
     def _index_for(self, scope: str, owner_id: str, *, create: bool) -> LexicalIndex | None:
         if scope == PUBLIC:
@@ -203,7 +214,6 @@ class MemoryService:
             index = self._index_for(row.scope, row.owner_id, create=False)
             if index is not None:
                 index.upsert(row.id, *index_fields(row))
-                self._indexed[row.id] = row.updated_at
         for row in removed:
             index = self._index_for(row.scope, row.owner_id, create=False)
             if index is not None:
@@ -217,7 +227,7 @@ class MemoryService:
         meta = dict(metadata or {})
         title = str(meta.get("title", ""))[:500]
         category = str(meta.get("category", ""))[:100]
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             row = await repo.add(
                 db, scope=PRIVATE, owner_id=user_id, content=content, title=title, category=category, meta=meta
             )
@@ -231,7 +241,7 @@ class MemoryService:
 
         grounded: the answer came from the knowledge or memories, so it may be repeated later.
         """
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             row = await repo.add(
                 db,
                 scope=CHAT,
@@ -253,7 +263,7 @@ class MemoryService:
         new_by_ext: dict[str, dict[str, Any]] = {}
         updated: dict[int, Memory] = {}
         repeats = 0
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             ext_ids = [e["external_id"] for e in entries if e.get("external_id")]
             existing = await repo.by_external_ids(db, ext_ids, scope=PUBLIC, owner_id="")
             for entry in entries:
@@ -282,7 +292,7 @@ class MemoryService:
         """Add one knowledge-base entry; Conflict when its external_id is taken."""
         fields = public_fields(entry)
         try:
-            async with self.db.transaction() as db:
+            async with self._writing() as db:
                 await self._check_external_id(db, entry.get("external_id"))
                 row = await repo.add(
                     db, scope=PUBLIC, owner_id="", external_id=entry.get("external_id") or None, **fields
@@ -295,7 +305,7 @@ class MemoryService:
     async def update_public(self, memory_id: int, changes: dict[str, Any]) -> Memory:
         """Change some fields of an entry (keys as in an import row; `answer` is the content)."""
         try:
-            async with self.db.transaction() as db:
+            async with self._writing() as db:
                 row = await self._public_row(db, memory_id)
                 if "external_id" in changes and (changes["external_id"] or None) != row.external_id:
                     await self._check_external_id(db, changes["external_id"])
@@ -309,7 +319,7 @@ class MemoryService:
         return row
 
     async def delete_public(self, memory_id: int) -> None:
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             row = await self._public_row(db, memory_id)
             await repo.remove(db, row)
         self._applied([], [row])
@@ -317,7 +327,7 @@ class MemoryService:
     async def prune_public(self, external_prefix: str, keep: set[str]) -> int:
         """Delete entries whose external_id starts with the prefix and is not kept (a re-imported
         document's chunks that no longer exist). Returns how many were deleted."""
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             rows = await repo.with_external_prefix(db, external_prefix, scope=PUBLIC, owner_id="")
             stale = [row for row in rows if row.external_id not in keep]
             for row in stale:
@@ -338,7 +348,7 @@ class MemoryService:
     async def update_private(
         self, user_id: str, memory_id: int, *, content: str | None, metadata: dict[str, Any] | None
     ) -> Memory:
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             row = await self._private_row(db, user_id, memory_id)
             if content is not None:
                 row.content = content
@@ -351,7 +361,7 @@ class MemoryService:
         return row
 
     async def delete_private(self, user_id: str, memory_id: int) -> None:
-        async with self.db.transaction() as db:
+        async with self._writing() as db:
             row = await self._private_row(db, user_id, memory_id)
             await repo.remove(db, row)
         self._applied([], [row])
