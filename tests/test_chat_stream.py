@@ -33,6 +33,9 @@ async def test_seed_example_streams_into_a_new_session(app, client):
     assert stored[0].content == "我想了解退货政策"
     assert stored[1].content == answer_text(response.text)
     assert stored[1].engine == "knowledge_base" and stored[1].status == "complete"
+    # The seed's own example question is answered with the return policy ("我想了解" is a filler).
+    [policy] = await rows(app, Memory, Memory.scope == "public", Memory.external_id == "kb-return-001")
+    assert stored[1].content == policy.content
 
 
 async def test_confident_match_streams_the_entry_answer_in_pieces(app, client):
