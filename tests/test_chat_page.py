@@ -277,3 +277,21 @@ def test_chat_page_on_a_narrow_screen(server: tuple[str, str], page: Any) -> Non
     expect(sidebar).not_to_be_in_viewport()
     expect(page.locator("#welcome")).to_be_visible()
     expect(page.locator(".msg")).to_have_count(0)
+
+
+def test_chat_page_with_end_user_tokens(make_settings: Callable[..., Settings], page: Any) -> None:
+    """With AUTH_MODE=jwt the page sends the token it was opened with (?token=) on every call."""
+    from playwright.sync_api import expect
+
+    from .security_utils import jwt_settings, token
+
+    settings = make_settings(**jwt_settings())
+    with serve(create_app(settings)) as base_url:
+        page.goto(f"{base_url}/chat?user=jwt_user&token={token('jwt_user')}")
+        page.wait_for_selector("body[data-ready='true']", state="attached")
+        answer = ask(page, "买东西怎么开发票？")
+        expect(answer.locator(".md strong")).to_have_text("增值税电子普通发票")
+        page.reload()
+        page.wait_for_selector("body[data-ready='true']", state="attached")
+        expect(page.locator(".msg.assistant")).to_have_count(1)
+    assert stored(settings.memory_db_path, "SELECT user_id FROM chat_sessions") == [("jwt_user",)]

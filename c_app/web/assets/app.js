@@ -26,7 +26,18 @@ function currentUser() {
   return id;
 }
 
-const state = { user: currentUser(), session: null, sessions: [], controller: null, attachments: [] };
+function currentToken() {
+  // With AUTH_MODE=jwt or api_key, open the page as /chat?user=<id>&token=<token>; the token is kept
+  // for this tab only (sessionStorage) and sent as a bearer header.
+  const given = new URLSearchParams(location.search).get("token");
+  if (given) sessionStorage.setItem("c_app.token", given);
+  return sessionStorage.getItem("c_app.token");
+}
+
+const state = {
+  user: currentUser(), token: currentToken(), session: null, sessions: [], controller: null, attachments: [],
+};
+const auth = () => (state.token ? { Authorization: `Bearer ${state.token}` } : {});
 const sessionKey = `c_app.session.${state.user}`;
 
 function el(tag, props = {}, ...children) {
@@ -51,7 +62,7 @@ class ApiError extends Error {
 async function api(path, { method = "GET", body, query = {} } = {}) {
   const url = new URL(API + path, location.origin);
   for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
-  const init = { method, headers: {} };
+  const init = { method, headers: auth() };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -340,7 +351,7 @@ async function send(text) {
   try {
     const response = await fetch(`${API}/stream?events=typed`, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: { ...auth(), "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ user_id: state.user, session_id: state.session, message: { role: "user", content } }),
       signal: controller.signal,
     });
@@ -380,7 +391,7 @@ async function stop() {
   if (!controller) return;
   // Ask the server to stop (it stores the partial answer); aborting alone also works, so errors are moot.
   await fetch(`${API}/session/${encodeURIComponent(state.session)}/stop?user_id=${encodeURIComponent(state.user)}`,
-    { method: "POST" }).catch(() => {});
+    { method: "POST", headers: auth() }).catch(() => {});
   controller.abort();
 }
 
