@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Memory, MemoryChange, utcnow
@@ -121,13 +121,6 @@ async def get_many(db: AsyncSession, ids: Sequence[int]) -> dict[int, Memory]:
     return {row.id: row for row in rows}
 
 
-async def external_ids(db: AsyncSession, *, scope: str, owner_id: str) -> set[str]:
-    query = select(Memory.external_id).where(
-        Memory.scope == scope, Memory.owner_id == owner_id, Memory.external_id.is_not(None)
-    )
-    return {value for value in (await db.execute(query)).scalars() if value is not None}
-
-
 async def list_for_owner(
     db: AsyncSession, *, scope: str, owner_id: str, after_id: int = 0, limit: int | None = None
 ) -> list[Memory]:
@@ -189,10 +182,6 @@ async def count(db: AsyncSession, *, scope: str | None = None) -> int:
     if scope is not None:
         query = query.where(Memory.scope == scope)
     return (await db.execute(query)).scalar_one()
-
-
-async def delete_all(db: AsyncSession, *, scope: str, owner_id: str) -> None:
-    await db.execute(delete(Memory).where(Memory.scope == scope, Memory.owner_id == owner_id))
 
 
 # -- knowledge-base management (bulk writes, paged listing, export) ------------------------------

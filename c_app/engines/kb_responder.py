@@ -9,7 +9,7 @@ Greetings, thanks, goodbyes and requests for a person get a fitting reply.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 
 from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
 from ..schemas.events import DeltaEvent, HandoffEvent, SourcesEvent
@@ -44,6 +44,35 @@ def pieces(text: str) -> Iterator[str]:
             pending = ""
     if pending:
         yield pending
+
+
+def close_questions(
+    memories: list[RetrievedMemory],
+    *,
+    floor: float,
+    skip_ids: Collection[int] = (),
+    skip: Collection[str] = (),
+    titles: bool = False,
+    limit: int = 3,
+) -> list[str]:
+    """Up to `limit` distinct knowledge-base questions scoring at least `floor`, best first
+    (`titles`: an entry without a question, such as a policy-document chunk, offers its title)."""
+    questions: list[str] = []
+    for hit in memories:
+        question = hit.memory.question or (hit.memory.title if titles else "")
+        if (
+            hit.scope != PUBLIC
+            or hit.score < floor
+            or hit.memory.id in skip_ids
+            or not question
+            or question in skip
+            or question in questions
+        ):
+            continue
+        questions.append(question)
+        if len(questions) == limit:
+            break
+    return questions
 
 
 class KnowledgeBaseResponder:
@@ -132,17 +161,7 @@ class KnowledgeBaseResponder:
         return f"您之前咨询过类似的问题，当时的答复是：\n{answer}"
 
     def _no_match(self, memories: list[RetrievedMemory]) -> str:
-        seen: set[str] = set()
-        suggestions: list[str] = []
-        floor = self.threshold * 0.4
-        for hit in memories:
-            question = hit.memory.question or hit.memory.title
-            if hit.scope != PUBLIC or hit.score < floor or not question or question in seen:
-                continue
-            seen.add(question)
-            suggestions.append(question)
-            if len(suggestions) == 3:
-                break
+        suggestions = close_questions(memories, floor=self.threshold * 0.4, titles=True)
         text = "抱歉，我暂时没有找到与您的问题完全匹配的答案。"
         if suggestions:
             text += "您是不是想问：\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(suggestions, 1)) + "\n"

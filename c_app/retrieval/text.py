@@ -157,11 +157,6 @@ def _has_content(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
-def _is_cjk(ch: str) -> bool:
-    o = ord(ch)
-    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FFFF
-
-
 _UNIT_RE = re.compile(r"[a-z0-9]+|[^\W\d_a-z]", re.UNICODE)
 
 

@@ -25,9 +25,10 @@ from ..config import Settings
 from ..db import messages as messages_repo
 from ..db import sessions as sessions_repo
 from ..db.engine import Database
-from ..db.memories import PUBLIC, RetrievedMemory
+from ..db.memories import RetrievedMemory
 from ..db.models import utcnow
 from ..engines.base import Engine, TurnContext
+from ..engines.kb_responder import close_questions
 from ..errors import BadRequest, NotFound
 from ..schemas.customer import ChatMessage
 from ..schemas.events import (
@@ -329,23 +330,9 @@ class ChatService:
 
 def suggestions(memories: list[RetrievedMemory], *, used: list[dict[str, Any]], asked: str) -> list[str]:
     """Up to three follow-up questions: other knowledge-base entries close to what was asked."""
-    used_ids = {item.get("id") for item in used}
-    questions: list[str] = []
-    for hit in memories:
-        question = hit.memory.question
-        if (
-            hit.scope != PUBLIC
-            or hit.score < SUGGESTION_FLOOR
-            or hit.memory.id in used_ids
-            or not question
-            or question == asked
-            or question in questions
-        ):
-            continue
-        questions.append(question)
-        if len(questions) == 3:
-            break
-    return questions
+    return close_questions(
+        memories, floor=SUGGESTION_FLOOR, skip_ids={item.get("id") for item in used}, skip={asked}
+    )
 
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

@@ -110,15 +110,9 @@ class MemoryService:
         """Build the public index from the database."""
         async with self.db.read() as db:
             self._last_seq = await repo.last_change(db)
-        after = 0
-        while True:
-            async with self.db.read() as db:
-                rows = await repo.list_for_owner(db, scope=PUBLIC, owner_id="", after_id=after, limit=_LOAD_BATCH)
+        async for rows in self.iter_public(batch=_LOAD_BATCH):
             for row in rows:
                 self.public_index.upsert(row.id, *index_fields(row))
-            if len(rows) < _LOAD_BATCH:
-                break
-            after = rows[-1].id
             await asyncio.sleep(0)
         self._last_poll = time.monotonic()
         self._public_loaded = True
@@ -172,7 +166,7 @@ class MemoryService:
                 self._gaps[seq] = now
         self._last_seq = max(self._last_seq, top)
         for change in foreign:
-            index = self._index_for(change.scope, change.owner_id, create=False)
+            index = self._index_for(change.scope, change.owner_id)
             if index is None:
                 continue
             row = rows.get(change.memory_id)
@@ -183,7 +177,8 @@ class MemoryService:
         if self.dense is not None and self._public_loaded:
             self.dense.schedule_ids(c.memory_id for c in foreign if c.scope == PUBLIC)
 
-    def _index_for(self, scope: str, owner_id: str, *, create: bool) -> LexicalIndex | None:
+    def _index_for(self, scope: str, owner_id: str) -> LexicalIndex | None:
+        """The loaded index holding this scope and owner, if any (a user's is marked recently used)."""
         if scope == PUBLIC:
             return self.public_index if self._public_loaded else None
         key = (scope, owner_id)
@@ -193,17 +188,15 @@ class MemoryService:
         return index
 
     async def _user_index(self, scope: str, owner_id: str) -> LexicalIndex:
-        key = (scope, owner_id)
-        index = self._user_indexes.get(key)
+        index = self._index_for(scope, owner_id)
         if index is not None:
-            self._user_indexes.move_to_end(key)
             return index
         async with self.db.read() as db:
             rows = await repo.list_for_owner(db, scope=scope, owner_id=owner_id)
         index = LexicalIndex()
         for row in rows:
             index.upsert(row.id, *index_fields(row))
-        self._user_indexes[key] = index
+        self._user_indexes[(scope, owner_id)] = index
         while len(self._user_indexes) > self.settings.user_index_cache_size:
             self._user_indexes.popitem(last=False)
         return index
@@ -211,11 +204,11 @@ class MemoryService:
     def _applied(self, rows: Iterable[Memory], removed: Iterable[Memory] = ()) -> None:
         """Reflect this process's own committed writes at once (read-your-writes)."""
         for row in rows:
-            index = self._index_for(row.scope, row.owner_id, create=False)
+            index = self._index_for(row.scope, row.owner_id)
             if index is not None:
                 index.upsert(row.id, *index_fields(row))
         for row in removed:
-            index = self._index_for(row.scope, row.owner_id, create=False)
+            index = self._index_for(row.scope, row.owner_id)
             if index is not None:
                 index.remove(row.id)
         if self.dense is not None and self._public_loaded:
