@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/faq_eval.py ../shared/data/faq-eval/bq_valid_faq.json [--threshold-table]
 
-The FAQ entries are written as public memories with MemoryService.upsert_public (batched, the
+The FAQ entries are written as public memories with KnowledgeService.upsert (batched, the
 import path), into a fresh SQLite file (or DATABASE_URL; with PostgreSQL a throw-away schema is
 created and dropped). Each query then goes through MemoryService.search(user, query, limit=5),
 the code behind POST /api/v1/chat/memory/retrieve, and recall@1/3/5 is computed on its public
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 
 from c_app.config import Settings
+from c_app.container import build_services
 from c_app.db.engine import Database
 from c_app.db.memories import PUBLIC
-from c_app.db.migrate import upgrade
 from c_app.retrieval import normalize
-from c_app.services.memory_service import MemoryService
+from c_app.services.index_sync import iter_scope
 
 BATCH = 500
 USER = "faq-eval-user"
@@ -97,11 +97,10 @@ async def run(path: Path, workdir: Path) -> tuple[list[Outcome], dict[int, str],
     base = Settings(memory_db_path=str(workdir / "faq_eval.db"), upload_dir=str(workdir / "uploads"))
     schema = await fresh_schema(base)
     settings = base.model_copy(update={"database_schema": schema}) if schema else base
-    db = Database(settings)
+    services = build_services(settings)
+    db, memory = services.db, services.memory
     try:
-        await upgrade(db.engine)
-        memory = MemoryService(db, settings)
-        await memory.start()
+        await services.start(sample_kb=False)
         # The entry's question is what is matched; an empty answer keeps the index identical to
         # the retrieval library's direct measurement (no answer text in the eval sets).
         entries = [
@@ -109,8 +108,11 @@ async def run(path: Path, workdir: Path) -> tuple[list[Outcome], dict[int, str],
         ]
         started = time.perf_counter()
         for start in range(0, len(entries), BATCH):
-            await memory.upsert_public(entries[start : start + BATCH])
+            await services.knowledge.upsert(entries[start : start + BATCH])
         load_s = time.perf_counter() - started
+        faq_id: dict[int, int] = {}  # memory id -> the eval set's FAQ id
+        async for rows in iter_scope(db, scope=PUBLIC, owner_id=""):
+            faq_id.update((row.id, int(str(row.external_id).removeprefix("faq-"))) for row in rows)
         await memory.search(USER, "预热", limit=5)  # first search packs the postings built by the load
         outcomes: list[Outcome] = []
         latencies: list[float] = []
@@ -118,14 +120,10 @@ async def run(path: Path, workdir: Path) -> tuple[list[Outcome], dict[int, str],
             t = time.perf_counter()
             hits = await memory.search(USER, q["query"], limit=5)
             latencies.append((time.perf_counter() - t) * 1000)
-            ranked = [
-                (int(str(h.memory.external_id).removeprefix("faq-")), h.score)
-                for h in hits
-                if h.scope == PUBLIC
-            ]
+            ranked = [(faq_id[h.id], h.score) for h in hits if h.scope == PUBLIC]
             outcomes.append(Outcome(q["query"], q["gold"], ranked))
     finally:
-        await db.dispose()
+        await services.aclose()
         if schema:
             await drop_schema(base, schema)
     questions = {e["id"]: e["question"] for e in data["faq"]}

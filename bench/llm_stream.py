@@ -29,11 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from c_app.config import Settings
+from c_app.container import build_services, read_jsonl
 from c_app.db import messages as messages_repo
 from c_app.db import sessions as sessions_repo
-from c_app.db.engine import Database
-from c_app.main import build_services
-from c_app.utils.init_memory_db import init_memory_database, read_jsonl
 from tests.servers import free_port
 
 
@@ -48,9 +46,9 @@ def make_kb(path: Path, size: int) -> None:
 
 
 async def prepare(settings: Settings, sessions: int, history: int) -> None:
-    db = Database(settings)
-    services = build_services(settings, db)
-    await init_memory_database(settings, db, services.memory)
+    services = build_services(settings)
+    db = services.db
+    await services.start()
     async with db.transaction() as s:
         for n in range(sessions):
             sid = f"bench-{n}"
@@ -59,7 +57,7 @@ async def prepare(settings: Settings, sessions: int, history: int) -> None:
                 role = "user" if i % 2 == 0 else "assistant"
                 await messages_repo.add(s, session_id=sid, user_id=f"u{n}", role=role, content=f"历史消息{i}，关于退货和发票。")
             await sessions_repo.record_messages(s, sid, count=history, at=datetime.now(UTC))
-    await db.dispose()
+    await services.aclose()
 
 
 def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:

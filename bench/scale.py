@@ -32,12 +32,10 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import text
 
 from c_app.config import Settings
+from c_app.container import build_services
 from c_app.db.engine import Database
-from c_app.db.migrate import upgrade
 from c_app.retrieval import LexicalIndex
 from c_app.services.knowledge_formats import RawRow
-from c_app.services.knowledge_service import KnowledgeService
-from c_app.services.memory_service import MemoryService
 
 EVAL_DIR = ROOT.parent / "shared" / "data" / "faq-eval"
 SAMPLE_KB = ROOT / "c_app" / "data" / "sample_kb.jsonl"
@@ -105,13 +103,11 @@ async def with_schema(settings: Settings) -> Settings:
 async def fill_and_query(settings: Settings, n_entries: int, n_queries: int) -> dict[str, Any]:
     sample, questions, queries = source_texts()
     entries = make_entries(n_entries, sample, questions)
-    db = Database(settings)
-    memory = MemoryService(db, settings)
+    services = build_services(settings)
+    memory, knowledge = services.memory, services.knowledge
     try:
-        await upgrade(db.engine)
-        await memory.start()
+        await services.start(sample_kb=False)
         rss0 = rss_mb()
-        knowledge = KnowledgeService(memory, settings)
         started = time.perf_counter()
         report = await knowledge.import_rows(RawRow(line=i + 1, data=e) for i, e in enumerate(entries))
         import_s = time.perf_counter() - started
@@ -147,8 +143,7 @@ async def fill_and_query(settings: Settings, n_entries: int, n_queries: int) -> 
             "p99_ms": round(percentile(latencies, 0.99), 2),
         }
     finally:
-        await memory.stop()
-        await db.dispose()
+        await services.aclose()
 
 
 async def startup(settings: Settings) -> dict[str, Any]:
@@ -159,20 +154,18 @@ async def startup(settings: Settings) -> dict[str, Any]:
     warm.upsert(0, ["预热"])
     warm.search("预热", 1)
     library_s = time.perf_counter() - started
-    db = Database(settings)
-    memory = MemoryService(db, settings)
+    services = build_services(settings)
     started = time.perf_counter()
-    await upgrade(db.engine)
-    await memory.start()
+    await services.start(sample_kb=False)
     seconds = time.perf_counter() - started
     t = time.perf_counter()
-    await memory.search(USER, "怎么开通", limit=5)
+    await services.memory.search(USER, "怎么开通", limit=5)
     first_query_ms = (time.perf_counter() - t) * 1000
-    await db.dispose()
+    await services.aclose()
     return {
         "library_s": round(library_s, 1),
         "startup_s": round(seconds, 1),
-        "startup_rate": round(len(memory.public_index) / seconds),
+        "startup_rate": round(len(services.sync.public_index) / seconds),
         "first_query_ms": round(first_query_ms),
         "startup_rss_growth_mb": round(rss_mb() - rss0),
     }

@@ -23,11 +23,9 @@ from typing import Any
 import anyio
 
 from .config import Settings, get_settings
-from .db.engine import Database
-from .db.migrate import upgrade
+from .container import build_services
 from .errors import AppError
 from .services.knowledge_service import ImportReport, KnowledgeService
-from .services.memory_service import MemoryService
 
 # Exit statuses of `c-app import`.
 EXIT_OK, EXIT_REJECTED, EXIT_PARTIAL = 0, 1, 2
@@ -39,15 +37,13 @@ async def knowledge_service(
 ) -> AsyncIterator[KnowledgeService]:
     if not settings.database_url:
         Path(settings.memory_db_path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    db = Database(settings)
+    services = build_services(settings)
     try:
-        await upgrade(db.engine)
-        memory = MemoryService(db, settings)
-        if load_index:
-            await memory.start()
-        yield KnowledgeService(memory, settings)
+        # Only `search` needs the index; no command loads the sample knowledge base into an operator's.
+        await services.start(index=load_index, sample_kb=False)
+        yield services.knowledge
     finally:
-        await db.dispose()
+        await services.aclose()
 
 
 async def run_migrate(settings: Settings, _args: argparse.Namespace) -> int:

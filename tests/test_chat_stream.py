@@ -201,3 +201,17 @@ async def test_message_count_and_activity_move(app, client):
     assert first["message_count"] == 2 and second["message_count"] == 4
     assert second["last_activity"] > first["last_activity"]
     assert second["title"] == "你好"
+
+
+async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(app, client):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("chat memory unavailable")
+
+    app.state.services.memory.add_exchange = broken
+    response = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
+    frames = [block for block in response.text.split("\n\n") if block]
+    done = json.loads(frames[-1].split("data: ", 1)[1])
+    assert frames[-1].startswith("event: done") and done["status"] == "complete"
+    answer = [m for m in await rows(app, Message) if m.role == "assistant"]
+    assert [m.id for m in answer] == [done["message_id"]]
+    assert await count(app, Memory, Memory.scope == "chat") == 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from c_app.db.models import MemoryVector
 from c_app.retrieval.dense import text_hash
+from c_app.schemas.knowledge import KnowledgeEntryPatch
 
 from .llm_standin import StandIn, hashed_embedding
 from .utils import count, rows
@@ -58,11 +59,11 @@ async def retrieve(client: Any, query: str, limit: int = 5) -> list[dict[str, An
 
 async def load_entries(app: Any) -> dict[str, int]:
     """Import the fixture entries in one batch; returns external_id -> memory id."""
-    memory = app.state.services.memory
-    await memory.upsert_public([dict(e) for e in ENTRIES])
-    if memory.dense is not None:
-        await memory.dense.drain()
-    entries, _ = await memory.list_public(offset=0, limit=50)
+    services = app.state.services
+    await services.knowledge.upsert([dict(e) for e in ENTRIES])
+    if services.sync.dense is not None:
+        await services.sync.dense.drain()
+    entries, _ = await services.knowledge.list_entries(page=1, page_size=50)
     return {row.external_id: row.id for row in entries}
 
 
@@ -87,11 +88,11 @@ async def test_an_edited_entry_is_embedded_again_and_a_deleted_one_loses_its_vec
 ) -> None:
     app, _ = await start_app(**dense_settings(standin))
     ids = await load_entries(app)
-    memory = app.state.services.memory
+    services = app.state.services
 
-    await memory.update_public(ids["f2"], {"question": "电子发票在哪里下载"})
-    await memory.delete_public(ids["f3"])
-    await memory.dense.drain()
+    await services.knowledge.update(ids["f2"], KnowledgeEntryPatch(question="电子发票在哪里下载"))
+    await services.knowledge.delete(ids["f3"])
+    await services.sync.dense.drain()
 
     stored = {v.memory_id: v for v in await rows(app, MemoryVector)}
     assert ids["f3"] not in stored
@@ -109,9 +110,9 @@ async def test_a_restart_reuses_the_stored_vectors(start_app, standin) -> None:
     calls = standin.embedding_calls
 
     second, client = await start_app(**dense_settings(standin))  # same database, a fresh process state
-    await second.state.services.memory.dense.drain()
+    await second.state.services.sync.dense.drain()
     assert standin.embedding_calls == calls  # nothing re-embedded at start
-    assert len(second.state.services.memory.dense.store) == len(ENTRIES)
+    assert len(second.state.services.sync.dense.store) == len(ENTRIES)
     hits = await retrieve(client, QUERY)
     assert hits[0]["content"] == ENTRIES[0]["answer"]
 
@@ -121,7 +122,7 @@ async def test_fused_ranking_finds_the_paraphrase_the_lexical_index_ranks_lower(
     ids = await load_entries(app)
 
     # The lexical index alone prefers the entry sharing the word 快递 ...
-    lexical = app.state.services.memory.public_index.search(QUERY, 5)
+    lexical = app.state.services.sync.public_index.search(QUERY, 5)
     lexical_order = [doc for doc, _ in lexical]
     assert lexical_order.index(ids["d1"]) < lexical_order.index(ids["para"])
 
@@ -137,7 +138,7 @@ async def test_fused_ranking_finds_the_paraphrase_the_lexical_index_ranks_lower(
 async def test_an_embeddings_outage_falls_back_to_lexical_results(start_app, standin, caplog) -> None:
     app, client = await start_app(**dense_settings(standin))
     ids = await load_entries(app)
-    dense = app.state.services.memory.dense
+    dense = app.state.services.sync.dense
     dense.retry_after = 0.0  # try the endpoint on every request, to see that it is logged once
 
     standin.embeddings_down = True
@@ -146,7 +147,7 @@ async def test_an_embeddings_outage_falls_back_to_lexical_results(start_app, sta
         first = await retrieve(client, QUERY)
         second = await retrieve(client, QUERY)
     assert standin.embedding_calls > calls  # the endpoint was really tried, and failed
-    lexical = [doc for doc, _ in app.state.services.memory.public_index.search(QUERY, 5)]
+    lexical = [doc for doc, _ in app.state.services.sync.public_index.search(QUERY, 5)]
     assert [h["id"] for h in first] == [h["id"] for h in second] == lexical
     warnings = [r for r in caplog.records if "embeddings endpoint failing" in r.getMessage()]
     assert len(warnings) == 1
@@ -167,7 +168,7 @@ async def test_an_embeddings_outage_falls_back_to_lexical_results(start_app, sta
 
 async def test_without_embeddings_configured_no_call_is_made(start_app, standin) -> None:
     app, client = await start_app(load_sample_kb=False)
-    assert app.state.services.memory.dense is None
+    assert app.state.services.sync.dense is None
     await load_entries(app)
     assert await retrieve(client, QUERY)
     assert standin.embedding_calls == 0

@@ -13,7 +13,7 @@ ANSWER_APP = "会员卡请在App“我的-会员中心”里在线申请。"
 
 async def kb_app(start_app: Any, entries: list[dict[str, Any]], **overrides: Any) -> Any:
     app, client = await start_app(load_sample_kb=False, **overrides)
-    await app.state.services.memory.upsert_public(entries)
+    await app.state.services.knowledge.upsert(entries)
     return client
 
 

@@ -7,7 +7,6 @@ in-memory search index up to date by reading the log past the last sequence numb
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select
@@ -19,26 +18,6 @@ PUBLIC = "public"
 PRIVATE = "private"
 CHAT = "chat"
 SCOPES = (PRIVATE, CHAT, PUBLIC)
-
-
-@dataclass(slots=True)
-class RetrievedMemory:
-    memory: Memory
-    scope: str
-    score: float
-
-    def as_item(self) -> dict[str, Any]:
-        m = self.memory
-        item: dict[str, Any] = {
-            "id": m.id,
-            "content": m.content,
-            "type": self.scope,
-            "relevance_score": round(self.score, 4),
-            "created_at": m.created_at.isoformat() if m.created_at else None,
-        }
-        if self.scope == PUBLIC:
-            item.update(title=m.title, category=m.category, question=m.question)
-        return item
 
 
 OWN_CHANGES = "c_app.own_changes"

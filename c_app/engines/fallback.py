@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from ..schemas.events import MetaEvent
-from .base import Engine, EngineEvent, TurnContext
-from .llm_responder import UpstreamUnavailable
+from .base import Engine, EngineEvent, Meta, TurnContext, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +18,7 @@ class FallbackEngine:
 
     async def aclose(self) -> None:
         for engine in (self.primary, self.fallback):
-            close = getattr(engine, "aclose", None)
-            if close is not None:
-                await close()
+            await engine.aclose()
 
     async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
         try:
@@ -31,6 +27,6 @@ class FallbackEngine:
             return
         except UpstreamUnavailable:
             logger.warning("%s unavailable; %s answers instead", self.primary.name, self.fallback.name)
-        yield MetaEvent(engine=self.fallback.name, status="fallback")
+        yield Meta(engine=self.fallback.name, status="fallback")
         async for event in self.fallback.stream(turn):
             yield event

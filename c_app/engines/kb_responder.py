@@ -9,11 +9,21 @@ Greetings, thanks, goodbyes and requests for a person get a fitting reply.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
-from ..db.memories import CHAT, PRIVATE, PUBLIC, RetrievedMemory
-from ..schemas.events import DeltaEvent, HandoffEvent, SourcesEvent
-from .base import EngineEvent, TurnContext
+from .base import (
+    CHAT,
+    HANDOFF_MESSAGE,
+    PRIVATE,
+    PUBLIC,
+    Delta,
+    EngineEvent,
+    Handoff,
+    Hit,
+    Sources,
+    TurnContext,
+    close_questions,
+)
 
 _PUNCT = re.compile(r"[\s，。！？、,.!?~～…:：;；'\"“”‘’()（）\[\]【】]+")
 _GREETING = re.compile(
@@ -27,12 +37,6 @@ _HUMAN = re.compile(r"(?:转人工|人工客服|人工服务|找人工|要人工
 _PIECE = re.compile(r"[^。！？!?；;\n，]*(?:[。！？!?；;]+\n*|\n+|，|$)")
 _MIN_CLAUSE = 8
 
-HANDOFF_MESSAGE = (
-    "好的，正在为您转接人工客服，请稍候。人工客服的服务时间为每天 9:00-21:00；"
-    "非服务时间您可以先留言，客服上班后会第一时间联系您。"
-)
-
-
 def pieces(text: str) -> Iterator[str]:
     """Split an answer into the pieces a person would type: sentences, long clauses."""
     pending = ""
@@ -44,35 +48,6 @@ def pieces(text: str) -> Iterator[str]:
             pending = ""
     if pending:
         yield pending
-
-
-def close_questions(
-    memories: list[RetrievedMemory],
-    *,
-    floor: float,
-    skip_ids: Collection[int] = (),
-    skip: Collection[str] = (),
-    titles: bool = False,
-    limit: int = 3,
-) -> list[str]:
-    """Up to `limit` distinct knowledge-base questions scoring at least `floor`, best first
-    (`titles`: an entry without a question, such as a policy-document chunk, offers its title)."""
-    questions: list[str] = []
-    for hit in memories:
-        question = hit.memory.question or (hit.memory.title if titles else "")
-        if (
-            hit.scope != PUBLIC
-            or hit.score < floor
-            or hit.memory.id in skip_ids
-            or not question
-            or question in skip
-            or question in questions
-        ):
-            continue
-        questions.append(question)
-        if len(questions) == limit:
-            break
-    return questions
 
 
 class KnowledgeBaseResponder:
@@ -107,61 +82,59 @@ class KnowledgeBaseResponder:
     async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
         intent = self.intent(turn.text)
         if intent == "handoff":
-            yield HandoffEvent(message=HANDOFF_MESSAGE)
+            yield Handoff(message=HANDOFF_MESSAGE)
             for piece in pieces(HANDOFF_MESSAGE):
-                yield DeltaEvent(text=piece)
+                yield Delta(text=piece)
             return
         if intent is not None:
             for piece in pieces(self._small_talk(intent)):
-                yield DeltaEvent(text=piece)
+                yield Delta(text=piece)
             return
 
-        answer, used = self.compose(turn.memories)
+        answer, used = self.compose(turn.hits)
         if used:
-            yield SourcesEvent(sources=[hit.as_item() for hit in used])
+            yield Sources(hits=used)
         for piece in pieces(answer):
-            yield DeltaEvent(text=piece)
+            yield Delta(text=piece)
 
-    def compose(self, memories: list[RetrievedMemory]) -> tuple[str, list[RetrievedMemory]]:
-        """The answer text and the memories it was built from."""
-        best: dict[str, RetrievedMemory] = {}
-        for hit in memories:
+    async def aclose(self) -> None:
+        """Nothing to release: the responder holds no connection."""
+
+    def compose(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
+        """The answer text and the hits it was built from."""
+        best: dict[str, Hit] = {}
+        for hit in hits:
             if hit.scope not in best or hit.score > best[hit.scope].score:
                 best[hit.scope] = hit
         # The knowledge base is the authority on policy; the customer's own memories come next.
         for scope in (PUBLIC, PRIVATE, CHAT):
             top = best.get(scope)
             bar = self.threshold if scope == PUBLIC else self.memory_threshold
-            if top is None or top.score < bar or not top.memory.meta.get("grounded", True):
+            if top is None or top.score < bar or not top.grounded:
                 continue
-            if scope == PUBLIC and top.score - self._runner_up(top, memories) < self.margin:
+            if scope == PUBLIC and top.score - self._runner_up(top, hits) < self.margin:
                 continue  # ambiguous: the no-match reply offers the close questions instead
             return self._answer_from(top), [top]
-        return self._no_match(memories), []
+        return self._no_match(hits), []
 
     @staticmethod
-    def _runner_up(best: RetrievedMemory, memories: list[RetrievedMemory]) -> float:
+    def _runner_up(best: Hit, hits: Sequence[Hit]) -> float:
         """Score of the best other KB hit that would answer differently (duplicates of one answer agree)."""
         return max(
-            (
-                hit.score
-                for hit in memories
-                if hit.scope == PUBLIC and hit is not best and hit.memory.content != best.memory.content
-            ),
+            (hit.score for hit in hits if hit.scope == PUBLIC and hit is not best and hit.content != best.content),
             default=0.0,
         )
 
-    def _answer_from(self, hit: RetrievedMemory) -> str:
-        memory = hit.memory
+    def _answer_from(self, hit: Hit) -> str:
         if hit.scope == PUBLIC:
-            return memory.content
+            return hit.content
         if hit.scope == PRIVATE:
-            return f"根据您之前留下的信息：{memory.content}\n如果信息有变化，请告诉我，我帮您更新。"
-        answer = memory.content.split("客服：", 1)[-1]
+            return f"根据您之前留下的信息：{hit.content}\n如果信息有变化，请告诉我，我帮您更新。"
+        answer = hit.content.split("客服：", 1)[-1]
         return f"您之前咨询过类似的问题，当时的答复是：\n{answer}"
 
-    def _no_match(self, memories: list[RetrievedMemory]) -> str:
-        suggestions = close_questions(memories, floor=self.threshold * 0.4, titles=True)
+    def _no_match(self, hits: Sequence[Hit]) -> str:
+        suggestions = close_questions(hits, floor=self.threshold * 0.4, titles=True)
         text = "抱歉，我暂时没有找到与您的问题完全匹配的答案。"
         if suggestions:
             text += "您是不是想问：\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(suggestions, 1)) + "\n"

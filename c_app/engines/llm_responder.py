@@ -22,10 +22,18 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
-from ..schemas.events import DeltaEvent, HandoffEvent, MetaEvent, SourcesEvent
-from .base import EngineEvent, TurnContext
-from .kb_responder import HANDOFF_MESSAGE
-from .prompt import build_messages, memory_ref
+from .base import (
+    HANDOFF_MESSAGE,
+    Delta,
+    EngineEvent,
+    Handoff,
+    Meta,
+    Sources,
+    TurnContext,
+    UpstreamBroken,
+    UpstreamUnavailable,
+)
+from .prompt import build_messages
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +77,6 @@ TOOLS: list[dict[str, Any]] = [
         },
     },
 ]
-
-
-class UpstreamUnavailable(Exception):
-    """The model failed before producing any answer text."""
-
-
-class UpstreamBroken(Exception):
-    """The model's stream broke after part of the answer was sent."""
 
 
 @dataclass
@@ -126,15 +126,15 @@ class LLMResponder:
     async def stream(self, turn: TurnContext) -> AsyncIterator[EngineEvent]:
         messages = build_messages(
             company=self.company,
-            memories=turn.memories,
+            hits=turn.hits,
             history=turn.history,
             history_budget=self.history_budget,
             text=turn.text,
             images=turn.images,
         )
-        sources = [hit.as_item() for hit in turn.memories if hit.score >= MIN_SOURCE_SCORE]
+        sources = [hit for hit in turn.hits if hit.score >= MIN_SOURCE_SCORE]
         if sources:
-            yield SourcesEvent(sources=sources)
+            yield Sources(hits=sources)
         usage = _Usage()
         produced = False
         for round_no in range(self.max_tool_rounds + 1):
@@ -142,7 +142,7 @@ class LLMResponder:
             offer_tools = round_no < self.max_tool_rounds
             async for delta in self._one_round(messages, usage, calls, offer_tools, produced):
                 produced = True
-                yield DeltaEvent(text=delta)
+                yield Delta(text=delta)
             usage.rounds += 1
             if not calls:
                 break
@@ -162,7 +162,7 @@ class LLMResponder:
                 for event in events:
                     yield event
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-        yield MetaEvent(
+        yield Meta(
             engine=self.name,
             usage={
                 "model": self.model,
@@ -252,13 +252,13 @@ class LLMResponder:
                 return json.dumps({"error": "query 不能为空"}, ensure_ascii=False), []
             hits = await turn.search(query)
             found = [
-                {"id": memory_ref(h), "type": h.scope, "score": round(h.score, 3), "content": h.memory.content}
-                | ({"question": h.memory.question} if h.memory.question else {})
+                {"id": h.ref, "type": h.scope, "score": round(h.score, 3), "content": h.content}
+                | ({"question": h.question} if h.question else {})
                 for h in hits
             ]
             events: list[EngineEvent] = []
             if hits:
-                events.append(SourcesEvent(sources=[h.as_item() for h in hits if h.score >= MIN_SOURCE_SCORE]))
+                events.append(Sources(hits=[h for h in hits if h.score >= MIN_SOURCE_SCORE]))
             return json.dumps({"results": found}, ensure_ascii=False), events
         if call.name == "save_customer_fact":
             fact = str(args.get("fact", ""))[:1000].strip()
@@ -268,6 +268,6 @@ class LLMResponder:
             return json.dumps({"saved": memory_id is not None}, ensure_ascii=False), []
         if call.name == "transfer_to_human":
             # The customer is told in the stream itself, whatever the model writes next.
-            notice: list[EngineEvent] = [HandoffEvent(message=HANDOFF_MESSAGE), DeltaEvent(text=HANDOFF_MESSAGE + "\n")]
+            notice: list[EngineEvent] = [Handoff(message=HANDOFF_MESSAGE), Delta(text=HANDOFF_MESSAGE + "\n")]
             return json.dumps({"transferred": True}, ensure_ascii=False), notice
         return json.dumps({"error": f"未知的工具: {call.name[:64]}"}, ensure_ascii=False), []

@@ -10,8 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..db.memories import PUBLIC, RetrievedMemory
-from ..db.models import Message
+from .base import PUBLIC, HistoryItem, Hit
 
 _MESSAGE_OVERHEAD = 4
 
@@ -35,25 +34,21 @@ def estimate_tokens(text: str) -> int:
     return cjk + (len(text) - cjk + 3) // 4
 
 
-def memory_ref(hit: RetrievedMemory) -> str:
-    return f"{'kb' if hit.scope == PUBLIC else hit.scope}-{hit.memory.id}"
-
-
-def knowledge_block(memories: Sequence[RetrievedMemory]) -> str:
+def knowledge_block(hits: Sequence[Hit]) -> str:
     items: list[dict[str, Any]] = []
-    for hit in memories:
-        item: dict[str, Any] = {"id": memory_ref(hit), "type": hit.scope, "score": round(hit.score, 3)}
+    for hit in hits:
+        item: dict[str, Any] = {"id": hit.ref, "type": hit.scope, "score": round(hit.score, 3)}
         if hit.scope == PUBLIC:
-            item.update(title=hit.memory.title, question=hit.memory.question, answer=hit.memory.content)
+            item.update(title=hit.title, question=hit.question, answer=hit.content)
         else:
-            item["content"] = hit.memory.content
+            item["content"] = hit.content
         items.append(item)
     if not items:
         return KNOWLEDGE_HEADER + "[]（没有找到相关资料）"
     return KNOWLEDGE_HEADER + "```json\n" + json.dumps(items, ensure_ascii=False, indent=1) + "\n```"
 
 
-def history_within(history: Sequence[Message], budget: int) -> list[dict[str, str]]:
+def history_within(history: Sequence[HistoryItem], budget: int) -> list[dict[str, str]]:
     """The most recent messages that fit in `budget` tokens, oldest first (oldest dropped first)."""
     kept: list[dict[str, str]] = []
     used = 0
@@ -72,8 +67,8 @@ def history_within(history: Sequence[Message], budget: int) -> list[dict[str, st
 def build_messages(
     *,
     company: str,
-    memories: Sequence[RetrievedMemory],
-    history: Sequence[Message],
+    hits: Sequence[Hit],
+    history: Sequence[HistoryItem],
     history_budget: int,
     text: str,
     images: Sequence[str],
@@ -87,7 +82,7 @@ def build_messages(
         user = {"role": "user", "content": text}
     return [
         {"role": "system", "content": SYSTEM_TEMPLATE.format(company=company)},
-        {"role": "system", "content": knowledge_block(memories)},
+        {"role": "system", "content": knowledge_block(hits)},
         *history_within(history, history_budget),
         user,
     ]

@@ -40,13 +40,4 @@ class ErrorEvent(BaseModel):
     message: str
 
 
-class MetaEvent(BaseModel):
-    """Engine to chat service only (never sent to a client): how the answer was produced."""
-
-    type: Literal["meta"] = "meta"
-    engine: str | None = None
-    status: str | None = None  # e.g. "fallback" when the knowledge base answered for a failed model
-    usage: dict[str, Any] | None = None
-
-
 ChatEvent = DeltaEvent | SourcesEvent | HandoffEvent | SuggestionsEvent | DoneEvent | ErrorEvent

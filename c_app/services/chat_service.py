@@ -1,9 +1,10 @@
 """One chat turn, end to end (architecture doc, section 3).
 
 `prepare` does everything that can be refused with an HTTP error: the message is checked, the
-session fetched or created, and the customer's message stored and committed. Only then does the
-stream start: `Turn.events()` retrieves, runs the engine, and stores the answer when it ends
-(or what there was of it, when the client leaves or the engine fails).
+session fetched or created, and the customer's message stored and committed; it returns the
+`Turn`, plain state. Only then does the stream start: `answer(turn)` retrieves, runs the engine
+on plain inputs, turns its events into the client's, and stores the answer when it ends (or what
+there was of it, when the client leaves or the engine fails).
 """
 
 from __future__ import annotations
@@ -15,29 +16,32 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 
 from ..config import Settings
-from ..db import messages as messages_repo
-from ..db import sessions as sessions_repo
-from ..db.engine import Database
-from ..db.memories import RetrievedMemory
-from ..db.models import utcnow
-from ..engines.base import Engine, TurnContext
-from ..engines.kb_responder import close_questions
+from ..engines.base import (
+    Delta,
+    Engine,
+    Handoff,
+    HistoryItem,
+    Hit,
+    Meta,
+    Sources,
+    TurnContext,
+    close_questions,
+)
 from ..errors import BadRequest, NotFound
-from ..schemas.customer import ChatMessage
+from ..schemas.customer import ChatMessage, MemoryItem
 from ..schemas.events import (
     ChatEvent,
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
     HandoffEvent,
-    MetaEvent,
     SourcesEvent,
     SuggestionsEvent,
 )
@@ -110,98 +114,32 @@ def _image_url(item: dict[str, Any]) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Turn:
-    """A turn whose question is stored; iterate `events()` to produce and store the answer."""
+    """A customer's message, checked and stored: what `ChatService.answer` needs to answer it."""
 
-    service: ChatService
     user_id: str
     session_id: str
     text: str
     parts: list[dict[str, Any]] | None
     message_id: int
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
-        service = self.service
-        engine = service.engine
-        engine_name = engine.name
-        started = time.monotonic()
-        answer: list[str] = []
-        sources: list[dict[str, Any]] = []
-        usage: dict[str, Any] | None = None
-        status = "interrupted"
-        finished_as = "complete"
-        handoff = False
-        try:
-            memories = await service.memory.search(self.user_id, self.text, limit=RETRIEVE_LIMIT) if self.text else []
-            async with service.db.read() as db:
-                history = await messages_repo.list_recent(
-                    db, self.session_id, owner_id=self.user_id, limit=HISTORY_LIMIT + 1
-                )
-            context = TurnContext(
-                user_id=self.user_id,
-                session_id=self.session_id,
-                text=self.text,
-                parts=self.parts,
-                memories=memories,
-                history=[m for m in history if m.id != self.message_id],
-                images=await service.images_for_model(self),
-                search=lambda query: service.memory.search(self.user_id, query, limit=RETRIEVE_LIMIT),
-                remember=self._remember,
-            )
-            stop = service.register(self.session_id)
-            try:
-                async for event in until_stopped(engine.stream(context), stop):
-                    if isinstance(event, MetaEvent):
-                        engine_name = event.engine or engine_name
-                        finished_as = event.status or finished_as
-                        usage = event.usage or usage
-                        continue
-                    if isinstance(event, DeltaEvent):
-                        if not event.text:
-                            continue
-                        answer.append(event.text)
-                    elif isinstance(event, SourcesEvent):
-                        sources = event.sources
-                    elif isinstance(event, HandoffEvent):
-                        handoff = True
-                    yield event
-            finally:
-                service.unregister(self.session_id, stop)
-            status = "interrupted" if stop.is_set() else finished_as
-            if status != "interrupted":
-                questions = suggestions(memories, used=sources, asked=self.text)
-                if questions:
-                    yield SuggestionsEvent(questions=questions)
-        except Exception:
-            logger.exception("chat turn failed (session %s)", self.session_id)
-            status = "partial" if answer else "failed"
-            yield ErrorEvent(message=FAILURE_MESSAGE)
-        finally:
-            # Runs on success, on failure, and when the client goes away (cancellation): shield the
-            # write so a cancelled request still records what was said.
-            with anyio.CancelScope(shield=True):
-                message_id = await service.finish(
-                    self,
-                    text="".join(answer),
-                    status=status,
-                    engine=engine_name,
-                    sources=sources,
-                    usage=usage,
-                    handoff=handoff,
-                    latency_ms=int((time.monotonic() - started) * 1000),
-                )
-        yield DoneEvent(message_id=message_id, engine=engine_name, status=status, usage=usage)
 
-    async def _remember(self, fact: str) -> int | None:
-        row = await self.service.memory.add_private(self.user_id, fact, {"source": "assistant"})
-        return row.id
+@dataclass(slots=True)
+class _Answer:
+    """What a turn's answer has become so far (stored when the turn ends, however it ends)."""
+
+    engine: str
+    text: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    status: str = "interrupted"
+    handoff: bool = False
 
 
 class ChatService:
     def __init__(
         self,
-        db: Database,
         settings: Settings,
         sessions: SessionService,
         memory: MemoryService,
@@ -210,7 +148,6 @@ class ChatService:
         *,
         sends_images: bool = False,
     ) -> None:
-        self.db = db
         self.settings = settings
         self.sessions = sessions
         self.memory = memory
@@ -220,12 +157,152 @@ class ChatService:
         # Turns being answered in this process, by session, so a stop request can end them.
         self._running: dict[str, set[asyncio.Event]] = {}
 
-    def register(self, session_id: str) -> asyncio.Event:
+    # -- before the stream: everything that can be refused --------------------------------------
+
+    async def prepare(self, *, user_id: str, session_id: str, message: ChatMessage) -> Turn:
+        """Check the message, make sure the session is the user's, and store the question."""
+        if not session_id.strip():
+            raise BadRequest("会话ID不能为空")
+        text, parts = normalise_content(message, self.settings)
+        for url in image_urls(parts):
+            await self._check_image(url, user_id)
+        await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
+        row = await self.sessions.add_message(session_id, user_id, role="user", content=text, parts=parts)
+        return Turn(user_id, session_id, text, parts, row.id)
+
+    async def _check_image(self, url: str, user_id: str) -> None:
+        """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
+        if url.startswith(UPLOAD_PREFIX):
+            try:
+                await self.uploads.get(_upload_name(url), owner_id=user_id)
+            except NotFound:
+                raise BadRequest("图片不存在或无权访问") from None
+            return
+        if _DATA_URL.match(url):
+            return
+        parsed = urlsplit(url)
+        if parsed.scheme in ("http", "https") and parsed.hostname in self.settings.image_url_hosts:
+            return
+        raise BadRequest("不支持的图片地址，请先上传图片")
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    async def answer(self, turn: Turn) -> AsyncIterator[ChatEvent]:
+        """Produce the answer as events, store it when the turn ends, and end with `done`."""
+        started = time.monotonic()
+        result = _Answer(engine=self.engine.name)
+        finished_as = "complete"
+        try:
+            hits = await self._search(turn.user_id, turn.text) if turn.text else []
+            context = TurnContext(
+                user_id=turn.user_id,
+                session_id=turn.session_id,
+                text=turn.text,
+                hits=hits,
+                history=await self._history(turn),
+                images=await self._images_for_model(turn),
+                search=lambda query: self._search(turn.user_id, query),
+                remember=lambda fact: self._remember(turn.user_id, fact),
+            )
+            stop = self._register(turn.session_id)
+            try:
+                async for event in until_stopped(self.engine.stream(context), stop):
+                    if isinstance(event, Meta):
+                        result.engine = event.engine or result.engine
+                        finished_as = event.status or finished_as
+                        result.usage = event.usage or result.usage
+                    elif isinstance(event, Delta):
+                        if event.text:
+                            result.text.append(event.text)
+                            yield DeltaEvent(text=event.text)
+                    elif isinstance(event, Sources):
+                        result.sources = [MemoryItem.from_hit(hit).wire() for hit in event.hits]
+                        yield SourcesEvent(sources=result.sources)
+                    elif isinstance(event, Handoff):
+                        result.handoff = True
+                        yield HandoffEvent(message=event.message)
+            finally:
+                self._unregister(turn.session_id, stop)
+            result.status = "interrupted" if stop.is_set() else finished_as
+            if result.status != "interrupted":
+                questions = suggestions(hits, used=result.sources, asked=turn.text)
+                if questions:
+                    yield SuggestionsEvent(questions=questions)
+        except Exception:
+            logger.exception("chat turn failed (session %s)", turn.session_id)
+            result.status = "partial" if result.text else "failed"
+            yield ErrorEvent(message=FAILURE_MESSAGE)
+        finally:
+            # Runs on success, on failure, and when the client goes away (cancellation): shield the
+            # write so a cancelled request still records what was said.
+            with anyio.CancelScope(shield=True):
+                message_id = await self._store(turn, result, latency_ms=int((time.monotonic() - started) * 1000))
+        yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status, usage=result.usage)
+
+    async def _search(self, user_id: str, query: str) -> list[Hit]:
+        return await self.memory.search(user_id, query, limit=RETRIEVE_LIMIT)
+
+    async def _remember(self, user_id: str, fact: str) -> int | None:
+        row = await self.memory.add_private(user_id, fact, {"source": "assistant"})
+        return row.id
+
+    async def _history(self, turn: Turn) -> list[HistoryItem]:
+        rows = await self.sessions.recent_messages(turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1)
+        return [HistoryItem(row.role, row.content) for row in rows if row.id != turn.message_id]
+
+    async def _images_for_model(self, turn: Turn) -> list[str]:
+        """The turn's images as the model should receive them: our uploads become data URLs."""
+        if not self.sends_images:
+            return []
+        images: list[str] = []
+        for url in image_urls(turn.parts):
+            if url.startswith(UPLOAD_PREFIX):
+                row, path = await self.uploads.get(_upload_name(url), owner_id=turn.user_id)
+                data = await anyio.Path(path).read_bytes()
+                images.append(f"data:{row.content_type};base64,{base64.b64encode(data).decode()}")
+            else:
+                images.append(url)
+        return images
+
+    async def _store(self, turn: Turn, result: _Answer, *, latency_ms: int) -> int | None:
+        """Store the answer (or what there was of it) and remember the exchange; never raises."""
+        text = "".join(result.text)
+        if not text and result.status != "complete":
+            return None
+        try:
+            row = await self.sessions.add_message(
+                turn.session_id,
+                turn.user_id,
+                role="assistant",
+                content=text,
+                status=result.status,
+                engine=result.engine,
+                sources=result.sources or None,
+                usage=result.usage,
+                latency_ms=latency_ms,
+                handoff=result.handoff,
+            )
+        except Exception:
+            logger.exception("could not store the answer (session %s)", turn.session_id)
+            return None
+        if result.status in ("complete", "fallback") and turn.text and text:
+            try:
+                await self.memory.add_exchange(
+                    turn.user_id, turn.text, text, turn.session_id, grounded=bool(result.sources)
+                )
+            except Exception:
+                # The answer is stored: its id still reaches the client.
+                logger.exception("could not remember the exchange (session %s)", turn.session_id)
+        return row.id
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _register(self, session_id: str) -> asyncio.Event:
         stop = asyncio.Event()
         self._running.setdefault(session_id, set()).add(stop)
         return stop
 
-    def unregister(self, session_id: str, stop: asyncio.Event) -> None:
+    def _unregister(self, session_id: str, stop: asyncio.Event) -> None:
         running = self._running.get(session_id)
         if running is not None:
             running.discard(stop)
@@ -243,96 +320,10 @@ class ChatService:
             event.set()
         return bool(running)
 
-    async def _check_image(self, url: str, user_id: str) -> None:
-        """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
-        if url.startswith(UPLOAD_PREFIX):
-            try:
-                await self.uploads.get(_upload_name(url), owner_id=user_id)
-            except NotFound:
-                raise BadRequest("图片不存在或无权访问") from None
-            return
-        if _DATA_URL.match(url):
-            return
-        parsed = urlsplit(url)
-        if parsed.scheme in ("http", "https") and parsed.hostname in self.settings.image_url_hosts:
-            return
-        raise BadRequest("不支持的图片地址，请先上传图片")
 
-    async def images_for_model(self, turn: Turn) -> list[str]:
-        """The turn's images as the model should receive them: our uploads become data URLs."""
-        if not self.sends_images:
-            return []
-        images: list[str] = []
-        for url in image_urls(turn.parts):
-            if url.startswith(UPLOAD_PREFIX):
-                row, path = await self.uploads.get(_upload_name(url), owner_id=turn.user_id)
-                data = await anyio.Path(path).read_bytes()
-                images.append(f"data:{row.content_type};base64,{base64.b64encode(data).decode()}")
-            else:
-                images.append(url)
-        return images
-
-    async def prepare(self, *, user_id: str, session_id: str, message: ChatMessage) -> Turn:
-        """Check the message, make sure the session is the user's, and store the question."""
-        text, parts = normalise_content(message, self.settings)
-        for url in image_urls(parts):
-            await self._check_image(url, user_id)
-        await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
-        now = utcnow()
-        async with self.db.transaction() as db:
-            row = await messages_repo.add(
-                db, session_id=session_id, user_id=user_id, role="user", content=text, parts=parts
-            )
-            await sessions_repo.record_messages(db, session_id, count=1, at=now)
-        return Turn(self, user_id, session_id, text, parts, row.id)
-
-    async def finish(
-        self,
-        turn: Turn,
-        *,
-        text: str,
-        status: str,
-        engine: str,
-        sources: list[dict[str, Any]],
-        usage: dict[str, Any] | None,
-        handoff: bool,
-        latency_ms: int,
-    ) -> int | None:
-        """Store the answer (or what there was of it) and move the session; never raises."""
-        if not text and status != "complete":
-            return None
-        try:
-            async with self.db.transaction() as db:
-                row = await messages_repo.add(
-                    db,
-                    session_id=turn.session_id,
-                    user_id=turn.user_id,
-                    role="assistant",
-                    content=text,
-                    status=status,
-                    engine=engine,
-                    sources=sources or None,
-                    usage=usage,
-                    latency_ms=latency_ms,
-                )
-                await sessions_repo.record_messages(db, turn.session_id, count=1, at=utcnow())
-                if handoff:
-                    await sessions_repo.set_status(db, turn.session_id, "waiting_human")
-            if status in ("complete", "fallback") and turn.text and text:
-                await self.memory.add_exchange(
-                    turn.user_id, turn.text, text, turn.session_id, grounded=bool(sources)
-                )
-            return row.id
-        except Exception:
-            logger.exception("could not store the answer (session %s)", turn.session_id)
-            return None
-
-
-def suggestions(memories: list[RetrievedMemory], *, used: list[dict[str, Any]], asked: str) -> list[str]:
+def suggestions(hits: list[Hit], *, used: list[dict[str, Any]], asked: str) -> list[str]:
     """Up to three follow-up questions: other knowledge-base entries close to what was asked."""
-    return close_questions(
-        memories, floor=SUGGESTION_FLOOR, skip_ids={item.get("id") for item in used}, skip={asked}
-    )
+    return close_questions(hits, floor=SUGGESTION_FLOOR, skip_ids={item.get("id") for item in used}, skip={asked})
 
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

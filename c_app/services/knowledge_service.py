@@ -1,8 +1,8 @@
-"""Knowledge-base management: entries of the public scope written, listed, imported, exported, tested.
+"""The knowledge base (the public scope): entries written, listed, searched, imported, exported, tested.
 
-Every write goes through MemoryService, so this process's search index changes at once and other
-processes follow through the memory_changes log. Imports are written in batches of
-`import_batch_size` entries, one transaction each.
+The one owner of knowledge-base edits. Every write goes through IndexSync.writing, so this
+process's search index changes at once and other processes follow through the memory_changes
+log. Imports are written in batches of `import_batch_size` entries, one transaction each.
 """
 
 from __future__ import annotations
@@ -15,18 +15,61 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..config import Settings
+from ..db import memories as repo
+from ..db.memories import PUBLIC
 from ..db.models import Memory
-from ..errors import BadRequest, PayloadTooLarge
+from ..engines.base import Hit
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from ..retrieval import DEFAULT_ANSWER_THRESHOLD
 from ..schemas.knowledge import KnowledgeEntryIn, KnowledgeEntryPatch, describe_errors
 from . import knowledge_formats as formats
-from .memory_service import MemoryService
+from .index_sync import IndexSync, iter_scope
+from .memory_service import hits_for
 
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
 _MAX_ERRORS = 1000  # errors listed in a report; `failed` counts them all
+ENTRY_NOT_FOUND = "知识条目不存在"
+EXTERNAL_ID_TAKEN = "外部ID已存在"
+
+# Import-row keys -> Memory columns.
+_PUBLIC_COLUMNS = {
+    "title": "title",
+    "category": "category",
+    "question": "question",
+    "similar_questions": "similar_questions",
+    "answer": "content",
+    "metadata": "meta",
+}
+
+
+def public_fields(entry: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Column values of a knowledge-base entry given as an import row; partial: only the keys present."""
+    if "answer" not in entry and "content" in entry:
+        entry = {**entry, "answer": entry["content"]}
+    out: dict[str, Any] = {}
+    for key, column in _PUBLIC_COLUMNS.items():
+        if partial and key not in entry:
+            continue
+        value = entry.get(key)
+        if column == "similar_questions":
+            out[column] = list(value or [])
+        elif column == "meta":
+            out[column] = dict(value or {})
+        else:
+            out[column] = value or ""
+    return out
+
+
+def answer_threshold(settings: Settings) -> float:
+    """The score above which the knowledge-base responder answers directly (ANSWER_THRESHOLD, else
+    the retrieval library's measured default)."""
+    return settings.answer_threshold if settings.answer_threshold is not None else DEFAULT_ANSWER_THRESHOLD
 
 
 class ReadableUpload(Protocol):
@@ -67,37 +110,132 @@ class ImportReport:
 
 
 class KnowledgeService:
-    def __init__(self, memory: MemoryService, settings: Settings) -> None:
-        self.memory = memory
+    def __init__(self, sync: IndexSync, settings: Settings) -> None:
+        self.sync = sync
+        self.db = sync.db
         self.settings = settings
+        self.answer_threshold = answer_threshold(settings)
 
     # -- single entries -------------------------------------------------------------------------
 
     async def list_entries(
         self, *, page: int, page_size: int, category: str | None = None, text: str | None = None
     ) -> tuple[list[Memory], int]:
-        return await self.memory.list_public(
-            offset=(page - 1) * page_size, limit=page_size, category=category, text=text or None
-        )
+        """One page of the knowledge base in id order, and how many entries match in all."""
+        async with self.db.read() as db:
+            return await repo.page(
+                db,
+                scope=PUBLIC,
+                owner_id="",
+                offset=(page - 1) * page_size,
+                limit=page_size,
+                category=category,
+                text=text or None,
+            )
 
     async def get(self, entry_id: int) -> Memory:
-        return await self.memory.get_public(entry_id)
+        async with self.db.read() as db:
+            return await self._row(db, entry_id)
 
     async def create(self, entry: KnowledgeEntryIn) -> Memory:
-        return await self.memory.create_public(entry.model_dump())
+        """Add one entry; Conflict when its external_id is taken."""
+        fields = public_fields(entry.model_dump())
+        try:
+            async with self.sync.writing() as db:
+                await self._check_external_id(db, entry.external_id)
+                row = await repo.add(db, scope=PUBLIC, owner_id="", external_id=entry.external_id, **fields)
+        except IntegrityError as exc:  # a concurrent writer took the external_id first
+            raise Conflict(EXTERNAL_ID_TAKEN) from exc
+        self.sync.applied([row])
+        return row
 
     async def update(self, entry_id: int, patch: KnowledgeEntryPatch) -> Memory:
         """Change the fields sent; the entry they make must still be valid."""
-        changes = patch.model_dump(exclude_unset=True)
-        current = formats.export_row(await self.memory.get_public(entry_id))
+        sent = patch.model_dump(exclude_unset=True)
+        current = formats.export_row(await self.get(entry_id))
         try:
-            merged = KnowledgeEntryIn.model_validate({**current, **changes})
+            merged = KnowledgeEntryIn.model_validate({**current, **sent})
         except ValidationError as exc:
             raise BadRequest(describe_errors(exc)) from exc
-        return await self.memory.update_public(entry_id, {key: getattr(merged, key) for key in changes})
+        changes = {key: getattr(merged, key) for key in sent}
+        try:
+            async with self.sync.writing() as db:
+                row = await self._row(db, entry_id)
+                if "external_id" in changes and (changes["external_id"] or None) != row.external_id:
+                    await self._check_external_id(db, changes["external_id"])
+                    row.external_id = changes["external_id"] or None
+                for key, value in public_fields(changes, partial=True).items():
+                    setattr(row, key, value)
+                await repo.touch(db, row)
+        except IntegrityError as exc:
+            raise Conflict(EXTERNAL_ID_TAKEN) from exc
+        self.sync.applied([row])
+        return row
 
     async def delete(self, entry_id: int) -> None:
-        await self.memory.delete_public(entry_id)
+        async with self.sync.writing() as db:
+            row = await self._row(db, entry_id)
+            await repo.remove(db, row)
+        self.sync.applied([], [row])
+
+    async def _check_external_id(self, db: AsyncSession, external_id: str | None) -> None:
+        if external_id and await repo.by_external_ids(db, [external_id], scope=PUBLIC, owner_id=""):
+            raise Conflict(EXTERNAL_ID_TAKEN)
+
+    @staticmethod
+    async def _row(db: AsyncSession, entry_id: int) -> Memory:
+        row = await repo.get(db, entry_id, scope=PUBLIC, owner_id="")
+        if row is None:
+            raise NotFound(ENTRY_NOT_FOUND)
+        return row
+
+    # -- bulk writes ----------------------------------------------------------------------------
+
+    async def upsert(self, entries: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert or update entries (import rows, matched on external_id) in one transaction.
+
+        Returns (created, updated). A later entry with the same external_id as an earlier one in
+        the same call updates it.
+        """
+        new: list[dict[str, Any]] = []
+        new_by_ext: dict[str, dict[str, Any]] = {}
+        updated: dict[int, Memory] = {}
+        repeats = 0
+        async with self.sync.writing() as db:
+            ext_ids = [e["external_id"] for e in entries if e.get("external_id")]
+            existing = await repo.by_external_ids(db, ext_ids, scope=PUBLIC, owner_id="")
+            for entry in entries:
+                fields = public_fields(entry)
+                ext_id = entry.get("external_id") or None
+                row = existing.get(ext_id or "")
+                if row is not None:
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+                    updated[row.id] = row
+                elif ext_id is not None and ext_id in new_by_ext:
+                    new_by_ext[ext_id].update(fields)
+                    repeats += 1
+                else:
+                    fields["external_id"] = ext_id
+                    new.append(fields)
+                    if ext_id is not None:
+                        new_by_ext[ext_id] = fields
+            created = await repo.add_many(db, new, scope=PUBLIC, owner_id="") if new else []
+            if updated:
+                await repo.touch_many(db, list(updated.values()))
+        self.sync.applied([*created, *updated.values()])
+        return len(created), len(updated) + repeats
+
+    async def prune(self, external_prefix: str, keep: set[str]) -> int:
+        """Delete entries whose external_id starts with the prefix and is not kept (a re-imported
+        document's chunks that no longer exist). Returns how many were deleted."""
+        async with self.sync.writing() as db:
+            rows = await repo.with_external_prefix(db, external_prefix, scope=PUBLIC, owner_id="")
+            stale = [row for row in rows if row.external_id not in keep]
+            for row in stale:
+                await repo.remove(db, row)
+        self.sync.applied([], stale)
+        return len(stale)
 
     # -- import ---------------------------------------------------------------------------------
 
@@ -180,14 +318,14 @@ class KnowledgeService:
         batch = self.settings.import_batch_size
         for start in range(0, len(entries), batch):
             part = entries[start : start + batch]
-            created, updated = await self.memory.upsert_public(part)
+            created, updated = await self.upsert(part)
             report.created += created
             report.updated += updated
             if progress is not None:
                 progress(len(part), len(entries))
         if document is not None:
             # The document was imported whole: its chunks that no longer exist go.
-            report.deleted = await self.memory.prune_public(formats.external_prefix(document), seen_external)
+            report.deleted = await self.prune(formats.external_prefix(document), seen_external)
         report.seconds = time.perf_counter() - started
         logger.info(
             "knowledge import: %d created, %d updated, %d failed, %d removed in %.2fs",
@@ -212,29 +350,38 @@ class KnowledgeService:
         if fmt == "csv":
             yield formats.csv_header()
         render = formats.csv_lines if fmt == "csv" else formats.jsonl_lines
-        async for rows in self.memory.iter_public():
+        async for rows in iter_scope(self.db, scope=PUBLIC, owner_id=""):
             yield render(rows)
 
     # -- hit test -------------------------------------------------------------------------------
 
+    async def search(self, query: str, *, limit: int) -> list[Hit]:
+        """The knowledge base's best `limit` hits, best first."""
+        await self.sync.refresh()
+        ranked = [(PUBLIC, doc, score) for doc, score in await self.sync.public_hits(query, limit)]
+        async with self.db.read() as db:
+            return await hits_for(db, ranked)
+
     async def hit_test(self, query: str, *, limit: int) -> dict[str, Any]:
         """Why an entry is (or is not) found: the analysed query, the ranked hits, and the verdict."""
-        hits = await self.memory.search_public(query, limit=limit)
-        threshold = self.memory.answer_threshold
+        hits = await self.search(query, limit=limit)
+        threshold = self.answer_threshold
         answered = bool(hits) and hits[0].score >= threshold
+        async with self.db.read() as db:
+            rows = await repo.get_many(db, [hit.id for hit in hits])
         return {
             "query": query,
-            **self.memory.explain(query),
+            **self.sync.explain(query),
             "threshold": threshold,
             "answered": answered,
-            "answer_id": hits[0].memory.id if answered else None,
+            "answer_id": hits[0].id if answered else None,
             "hits": [
                 {
-                    "id": hit.memory.id,
-                    "external_id": hit.memory.external_id,
-                    "question": hit.memory.question,
-                    "title": hit.memory.title,
-                    "category": hit.memory.category,
+                    "id": hit.id,
+                    "external_id": rows[hit.id].external_id if hit.id in rows else None,
+                    "question": hit.question,
+                    "title": hit.title,
+                    "category": hit.category,
                     "score": round(hit.score, 4),
                     "above_threshold": hit.score >= threshold,
                 }

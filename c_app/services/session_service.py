@@ -1,9 +1,10 @@
-"""Chat sessions: create, fetch, list; always for the user they belong to."""
+"""Chat sessions and their messages: the one writer of both tables, always for the user they belong to."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -64,6 +65,47 @@ class SessionService:
             if row is None:
                 raise Forbidden("无权访问该会话") from None
             return row
+
+    async def add_message(
+        self,
+        session_id: str,
+        user_id: str,
+        *,
+        role: str,
+        content: str,
+        parts: list[dict[str, Any]] | None = None,
+        status: str = "complete",
+        engine: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        usage: dict[str, Any] | None = None,
+        latency_ms: int | None = None,
+        handoff: bool = False,
+    ) -> Message:
+        """Store a message and move the session's counters in one transaction (`handoff`: the
+        session now waits for a person)."""
+        async with self.db.transaction() as db:
+            row = await messages_repo.add(
+                db,
+                session_id=session_id,
+                user_id=user_id,
+                role=role,
+                content=content,
+                parts=parts,
+                status=status,
+                engine=engine,
+                sources=sources,
+                usage=usage,
+                latency_ms=latency_ms,
+            )
+            await repo.record_messages(db, session_id, count=1, at=utcnow())
+            if handoff:
+                await repo.set_status(db, session_id, "waiting_human")
+        return row
+
+    async def recent_messages(self, session_id: str, *, owner_id: str, limit: int) -> list[Message]:
+        """The session's newest `limit` messages, oldest first."""
+        async with self.db.read() as db:
+            return await messages_repo.list_recent(db, session_id, owner_id=owner_id, limit=limit)
 
     async def list_for_user(self, user_id: str, *, limit: int, offset: int) -> list[ChatSession]:
         async with self.db.read() as db:

@@ -1,0 +1,157 @@
+"""The services, built in one place for the app, the CLI and the benches.
+
+    services = build_services(settings, db)
+    await services.start()        # migrate, build the index, load the sample knowledge base
+    ...
+    await services.aclose()       # background work, the model client, the database
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import AsyncOpenAI
+from sqlalchemy.exc import IntegrityError
+
+from .config import Settings
+from .db import memories as memories_repo
+from .db import meta
+from .db.engine import Database
+from .db.migrate import upgrade
+from .engines.base import Engine
+from .engines.fallback import FallbackEngine
+from .engines.kb_responder import KnowledgeBaseResponder
+from .engines.llm_responder import LLMResponder
+from .retrieval.dense import EmbeddingClient
+from .services.chat_service import ChatService
+from .services.dense_search import DenseSearch
+from .services.index_sync import IndexSync
+from .services.knowledge_service import KnowledgeService, answer_threshold
+from .services.memory_service import MemoryService
+from .services.session_service import SessionService
+from .services.upload_service import UploadService
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_KB = Path(__file__).resolve().parent / "data" / "sample_kb.jsonl"
+_SAMPLE_LOADED_KEY = "sample_kb_loaded"
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    sync: IndexSync
+    sessions: SessionService
+    memory: MemoryService
+    knowledge: KnowledgeService
+    uploads: UploadService
+    chat: ChatService
+
+    async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
+        """Bring the schema to the newest revision, build the search index (a one-shot CLI import
+        needs none), and load the bundled knowledge base on the first start (LOAD_SAMPLE_KB)."""
+        await upgrade(self.db.engine)
+        if index:
+            await self.sync.start()
+        if sample_kb and self.settings.load_sample_kb:
+            await self._load_sample()
+
+    async def aclose(self) -> None:
+        await self.chat.engine.aclose()
+        await self.sync.stop()
+        await self.db.dispose()
+
+    async def _load_sample(self) -> None:
+        async with self.db.read() as session:
+            if await meta.get(session, _SAMPLE_LOADED_KEY):
+                return
+            # An operator's own knowledge base (imported before the first start) is not mixed with the sample.
+            if await memories_repo.count(session, scope=memories_repo.PUBLIC):
+                await meta.put(session, _SAMPLE_LOADED_KEY, "skipped: knowledge base not empty")
+                await session.commit()
+                return
+        path = Path(self.settings.sample_kb_path) if self.settings.sample_kb_path else SAMPLE_KB
+        entries = read_jsonl(path)
+        try:
+            # Matched on external_id, so a second loader (another replica starting at once) duplicates nothing.
+            created, updated = await self.knowledge.upsert(entries)
+            async with self.db.transaction() as session:
+                await meta.put(session, _SAMPLE_LOADED_KEY, str(len(entries)))
+        except IntegrityError:
+            logger.info("sample knowledge base loaded by another process")
+            await self.sync.refresh(force=True)
+            return
+        logger.info("sample knowledge base loaded: %d new, %d updated", created, updated)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The knowledge-base responder, or the model with the knowledge base as its fallback."""
+    kb = KnowledgeBaseResponder(
+        threshold=answer_threshold(settings),
+        memory_threshold=settings.memory_answer_threshold,
+        company=settings.company_name,
+        margin=settings.answer_margin,
+    )
+    if settings.llm_api_key is None:
+        return kb
+    client = AsyncOpenAI(
+        api_key=settings.llm_api_key.get_secret_value(),
+        base_url=settings.llm_base_url,
+        timeout=httpx.Timeout(settings.llm_timeout, connect=min(settings.llm_timeout, 10.0)),
+        max_retries=settings.llm_max_retries,
+    )
+    llm = LLMResponder(
+        client=client,
+        model=settings.llm_model,
+        company=settings.company_name,
+        history_budget=settings.llm_history_tokens,
+        max_tool_rounds=settings.llm_max_tool_rounds,
+        temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
+    )
+    return FallbackEngine(llm, kb)
+
+
+def build_dense(settings: Settings, db: Database) -> DenseSearch | None:
+    """Dense retrieval over the knowledge base, when an embeddings endpoint is configured."""
+    if not settings.embedding_base_url:
+        return None
+    client = EmbeddingClient(
+        base_url=settings.embedding_base_url,
+        model=settings.embedding_model,
+        api_key=settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None,
+        timeout=settings.embedding_timeout,
+        batch_size=settings.embedding_batch_size,
+    )
+    return DenseSearch(db, settings, client)
+
+
+def build_services(settings: Settings, db: Database | None = None) -> Services:
+    db = db or Database(settings)
+    sync = IndexSync(db, settings, dense=build_dense(settings, db))
+    sessions = SessionService(db)
+    memory = MemoryService(sync, settings)
+    uploads = UploadService(db, settings)
+    sends_images = settings.llm_api_key is not None and settings.llm_send_images
+    chat = ChatService(settings, sessions, memory, uploads, build_engine(settings), sends_images=sends_images)
+    return Services(
+        settings=settings,
+        db=db,
+        sync=sync,
+        sessions=sessions,
+        memory=memory,
+        knowledge=KnowledgeService(sync, settings),
+        uploads=uploads,
+        chat=chat,
+    )
