@@ -54,7 +54,7 @@ async def run_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _progress_bar(show: bool) -> Any:
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     return tqdm(total=0, unit="条", file=sys.stderr, disable=not show, dynamic_ncols=True)
 

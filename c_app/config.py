@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 20
 
+    # Private cache (jieba's dictionary cache, term statistics), created mode 0700; never the shared temp dir.
+    # Unset: "cache" in the SQLite file's folder (./data/cache by default).
+    cache_dir: str | None = None
+
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # any body but an upload
     upload_dir: str = "./uploads"
     max_file_size: int = 10 * 1024 * 1024
@@ -64,7 +68,8 @@ class Settings(BaseSettings):
     llm_history_tokens: int = Field(default=2000, ge=0)  # budget for past messages in the prompt
     llm_max_tool_rounds: int = Field(default=3, ge=0)
     llm_send_images: bool = True  # off for models without vision
-    image_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # remote image hosts allowed
+    # Remote image hosts allowed in image_url parts.
+    image_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_message_chars: int = Field(default=4000, ge=1)
     max_message_parts: int = Field(default=10, ge=1)
 
@@ -147,6 +152,13 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{Path(self.memory_db_path).expanduser().resolve()}"
 
     @property
+    def cache_path(self) -> Path:
+        """CACHE_DIR, or the "cache" folder next to the SQLite file."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().resolve()
+        return Path(self.memory_db_path).expanduser().resolve().parent / "cache"
+
+    @property
     def is_sqlite(self) -> bool:
         return self.sqlalchemy_url.startswith("sqlite")
 
@@ -159,7 +171,5 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The settings from the environment (and .env), read on first call rather than at import."""
     return Settings()
-
-
-settings = get_settings()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import openai
 from openai import AsyncOpenAI
 from sqlalchemy.exc import IntegrityError
 
@@ -28,6 +28,7 @@ from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
 from .engines.llm_responder import LLMResponder
 from .retrieval.dense import EmbeddingClient
+from .retrieval.text import set_cache_dir
 from .services.chat_service import ChatService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
@@ -108,7 +109,8 @@ def build_engine(settings: Settings) -> Engine:
     client = AsyncOpenAI(
         api_key=settings.llm_api_key.get_secret_value(),
         base_url=settings.llm_base_url,
-        timeout=httpx.Timeout(settings.llm_timeout, connect=min(settings.llm_timeout, 10.0)),
+        # The SDK's own Timeout type (httpx's in openai 1.x, its httpx2 fork's in 3.x).
+        timeout=openai.Timeout(settings.llm_timeout, connect=min(settings.llm_timeout, 10.0)),
         max_retries=settings.llm_max_retries,
     )
     llm = LLMResponder(
@@ -138,6 +140,7 @@ def build_dense(settings: Settings, db: Database) -> DenseSearch | None:
 
 
 def build_services(settings: Settings, db: Database | None = None) -> Services:
+    set_cache_dir(settings.cache_path)  # jieba's and the term statistics' cache: private, not the temp dir
     db = db or Database(settings)
     sync = IndexSync(db, settings, dense=build_dense(settings, db))
     sessions = SessionService(db)

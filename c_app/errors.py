@@ -1,17 +1,20 @@
 """The application's errors. Handlers in api/middleware/error_handler.py render them in the seed's envelope.
 
-    AppError (500)
-    ├── BadRequest (400)
-    ├── Unauthorized (401)
-    ├── Forbidden (403)
-    ├── NotFound (404)
-    ├── Conflict (409)
-    ├── PayloadTooLarge (413)
-    ├── TooManyRequests (429)
-    └── ServiceUnavailable (503)
+AppError (500)
+├── BadRequest (400)
+├── Unauthorized (401)
+├── Forbidden (403)
+├── NotFound (404)
+├── Conflict (409)
+├── PayloadTooLarge (413)
+├── ValidationFailed (422, type "ValidationError")
+├── TooManyRequests (429)
+└── ServiceUnavailable (503)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AppError(Exception):
@@ -19,9 +22,10 @@ class AppError(Exception):
     # The seed's envelope calls every expected HTTP error "HTTPException"; clients may match on it.
     error_type = "HTTPException"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # shown as error.details when not None (e.g. the rows an import refused)
         self.headers = headers
 
 
@@ -47,6 +51,13 @@ class Conflict(AppError):
 
 class PayloadTooLarge(AppError):
     status_code = 413
+
+
+class ValidationFailed(AppError):
+    """The request is well-formed but its content is not acceptable, with `details` saying where."""
+
+    status_code = 422
+    error_type = "ValidationError"
 
 
 class TooManyRequests(AppError):

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers: the services, and who is acting.
+"""Dependencies shared by the routers: the services, who is acting, paging, and the session a route acts on.
 
 Authentication arrives in one place, `get_actor`: routes only ever ask the actor which user they
 may act for (`actor.act_for(user_id)`) or which owner their reads are scoped to (`actor.scope`).
@@ -10,29 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, WebSocket
+from fastapi import Depends, Path, Query, Request, WebSocket
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import WebSocketException
 from starlette.formparsers import MultiPartException
+from starlette.requests import HTTPConnection
 
+from ..container import Services
+from ..errors import BadRequest
+from ..schemas.customer import ID_MAX, ID_PATTERN
 from ..security.auth import Actor, Authenticator, authenticate_websocket, credential_from
 from ..security.rate_limit import RateLimits
-from ..services.chat_service import ChatService
-from ..services.memory_service import MemoryService
-from ..services.session_service import SessionService
-from ..services.upload_service import UploadService
-
-
-@dataclass(slots=True)
-class Services:
-    sessions: SessionService
-    memory: MemoryService
-    uploads: UploadService
-    chat: ChatService
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 _bearer = HTTPBearer(
@@ -77,24 +70,27 @@ async def _user_named_in(request: Request) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+async def check_limit(conn: HTTPConnection, name: str, user_id: str | None) -> None:
+    """Count one request (or WebSocket turn) against limit `name`, per user and per client address;
+    429 when either is spent."""
+    limits: RateLimits = conn.app.state.rate_limits
+    if limits.items.get(name) is None:
+        return
+    identities = [f"user:{user_id[:128]}"] if user_id else []
+    identities.append(f"ip:{conn.client.host if conn.client else 'unknown'}")
+    await limits.check(name, *identities)
+
+
 def rate_limit(name: str) -> Any:
     """A dependency counting this request against limit `name`, per user and per client address."""
 
     async def check(request: Request, actor: ActorDep) -> None:
-        limits: RateLimits = request.app.state.rate_limits
-        if limits.items.get(name) is None:
-            return
-        identities = []
-        user_id = actor.user_id or await _user_named_in(request)
-        if user_id:
-            identities.append(f"user:{user_id[:128]}")
-        identities.append(f"ip:{request.client.host if request.client else 'unknown'}")
-        await limits.check(name, *identities)
+        if request.app.state.rate_limits.items.get(name) is not None:
+            await check_limit(request, name, actor.user_id or await _user_named_in(request))
 
     return Depends(check)
 
 
-StreamLimit = rate_limit("stream")
 UploadLimit = rate_limit("upload")
 MemoryWriteLimit = rate_limit("memory")
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -107,3 +103,70 @@ async def websocket_actor(websocket: WebSocket) -> Actor | None:
     except WebSocketException as exc:
         await websocket.close(code=exc.code, reason=exc.reason)
         return None
+
+
+def require_id(value: str, message: str) -> str:
+    """The seed's 400 for an empty (or blank) id."""
+    if not value or not value.strip():
+        raise BadRequest(message)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    limit: int
+    offset: int
+
+
+def paging(limit: int = 20, offset: int = 0) -> Paging:
+    """`?limit=` (1-100, default 20) and `?offset=` (from 0) of a listing, with the seed's 400 messages."""
+    if limit <= 0 or limit > 100:
+        raise BadRequest("限制数量必须在1-100之间")
+    if offset < 0:
+        raise BadRequest("偏移量不能为负数")
+    return Paging(limit=limit, offset=offset)
+
+
+# Declare it after the actor, so a caller who is not signed in hears 401 first.
+PagingDep = Annotated[Paging, Depends(paging)]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedSession:
+    """A session a route acts on, and the owner it must belong to (None: a trusted caller, any owner)."""
+
+    id: str
+    owner: str | None
+
+
+def actor_session(
+    session_id: Annotated[str, Path(max_length=ID_MAX, pattern=ID_PATTERN)], actor: ActorDep
+) -> ScopedSession:
+    """`{session_id}` in the path, limited to the caller's own sessions (`actor.scope`)."""
+    return ScopedSession(id=require_id(session_id, "会话ID不能为空"), owner=actor.scope)
+
+
+ActorSessionDep = Annotated[ScopedSession, Depends(actor_session)]
+
+
+def request_owner(
+    actor: ActorDep, user_id: Annotated[str | None, Query(max_length=ID_MAX)] = None
+) -> str | None:
+    """The owner this request's reads and writes are limited to: the caller's scope, or the user a
+    trusted caller narrows it to with `?user_id=` (None: a trusted caller, any owner)."""
+    if user_id is None:
+        return actor.scope
+    return actor.act_for(user_id)
+
+
+OwnerDep = Annotated[str | None, Depends(request_owner)]
+
+
+def owned_session(
+    session_id: Annotated[str, Path(min_length=1, max_length=ID_MAX)], owner: OwnerDep
+) -> ScopedSession:
+    """`{session_id}` in the path, limited to the request's owner (see `request_owner`)."""
+    return ScopedSession(id=session_id, owner=owner)
+
+
+OwnedSessionDep = Annotated[ScopedSession, Depends(owned_session)]

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,8 +24,9 @@ from ..engines.prompt import estimate_tokens
 from ..errors import BadRequest
 from ..schemas.customer import ChatMessage
 from ..schemas.events import DeltaEvent, DoneEvent, ErrorEvent
-from .deps import ActorDep, ServicesDep, StreamLimit
+from .deps import ActorDep, ServicesDep
 from .streaming import EventStreamResponse
+from .turns import open_turn
 
 router = APIRouter(prefix="/v1", tags=["OpenAI 兼容接口"])
 
@@ -67,20 +68,66 @@ def _usage(prompt: str, answer: str, usage: dict[str, Any] | None) -> dict[str, 
     }
 
 
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "c_app"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
 @router.get("/models")
-async def list_models() -> JSONResponse:
+async def list_models() -> ModelList:
     """OpenAI 兼容：可用模型列表（即本客服机器人）。"""
-    return JSONResponse(
-        content={
-            "object": "list",
-            "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "c_app"}],
+    return ModelList(data=[ModelCard(id=MODEL_ID)])
+
+
+class CompletionMessage(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    message: CompletionMessage
+    finish_reason: str
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """The answer when `stream` is false (with `stream: true`, `chat.completion.chunk` events)."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "model": ChatCompletion,
+            "content": {"text/event-stream": {}},
+            "description": "`stream: false`: one chat.completion; `stream: true`: chat.completion.chunk events",
         }
-    )
-
-
-@router.post("/chat/completions", response_model=None, dependencies=[StreamLimit])
+    },
+)
 async def chat_completions(
     request: CompletionRequest,
+    http_request: Request,
     services: ServicesDep,
     actor: ActorDep,
     x_session_id: str | None = Header(default=None, max_length=128),
@@ -92,14 +139,14 @@ async def chat_completions(
     if len(session_id) > 128:
         raise BadRequest("会话ID过长")
     message = _customer_message(request.messages)
-    turn = await services.chat.prepare(user_id=user_id, session_id=session_id, message=message)
+    turn = await open_turn(http_request, actor, user_id=user_id, session_id=session_id, message=message)
     created = int(time.time())
 
     if not request.stream:
         answer: list[str] = []
         done: DoneEvent | None = None
         failed = False
-        async for event in turn.events():
+        async for event in services.chat.answer(turn):
             if isinstance(event, DeltaEvent):
                 answer.append(event.text)
             elif isinstance(event, ErrorEvent):
@@ -141,7 +188,7 @@ async def chat_completions(
 
         yield chunk({"role": "assistant", "content": ""})
         answer: list[str] = []
-        async for event in turn.events():
+        async for event in services.chat.answer(turn):
             if isinstance(event, DeltaEvent):
                 answer.append(event.text)
                 yield chunk({"content": event.text})

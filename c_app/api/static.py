@@ -64,6 +64,7 @@ async def download_file(
     )
 
 
-def setup_static_files(app: FastAPI, upload_dir: str) -> None:
-    # upload_dir is kept in the signature for callers; files are found through the upload service.
+def setup_static_files(app: FastAPI) -> None:
+    """Add the two routes. No folder is mounted: files are looked up through the upload service
+    (which knows UPLOAD_DIR), so only recorded uploads are ever served."""
     app.include_router(router)

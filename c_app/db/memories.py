@@ -239,7 +239,7 @@ async def page(
     def filtered(query: Any) -> Any:
         return _filtered(query, scope=scope, owner_id=owner_id, category=category, text=text)
 
-    total = (await db.execute(filtered(select(func.count(Memory.id))))).scalar_one()
+    total: int = (await db.execute(filtered(select(func.count(Memory.id))))).scalar_one()
     order = Memory.id.desc() if newest_first else Memory.id
     query = filtered(select(Memory)).order_by(order).offset(offset).limit(limit)
     return list((await db.execute(query)).scalars()), total

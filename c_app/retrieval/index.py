@@ -224,7 +224,7 @@ class LexicalIndex:
                     p_tfs[tid] = pf[a:b]
                 else:
                     p_slots[tid] = np.concatenate([old, ps[a:b]])
-                    p_tfs[tid] = np.concatenate([p_tfs[tid], pf[a:b]])  # type: ignore[list-item]
+                    p_tfs[tid] = np.concatenate([p_tfs[tid], pf[a:b]])
         alive = self._alive
         for tid in touched:
             sl = self._p_slots[tid]
@@ -297,7 +297,7 @@ class LexicalIndex:
             slots = self._p_slots[tid]
             tf = self._p_tfs[tid]
             # Query term repeats are not rewarded beyond once: questions are short, repeats are noise.
-            acc[slots] += w * tf / (tf + k_len[slots])  # type: ignore[index,operator]
+            acc[slots] += w * tf / (tf + k_len[slots])
 
         k = min(limit * 8 + 8, n)  # a doc can have several units; keep enough to fill ``limit`` docs
         cand = np.argpartition(-acc, k - 1)[:k] if k < n else np.arange(n)

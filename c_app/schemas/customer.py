@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WrapSerializer
+
+from ..engines.base import PUBLIC, Hit
+
+if TYPE_CHECKING:
+    from ..db.models import ChatSession, Memory, Upload
 
 ID_MAX = 128
 # No control characters (C0, DEL, C1) and no "/" in ids: they end up in URLs, logs and file names.
@@ -101,11 +106,62 @@ class SessionResponse(BaseModel):
     last_activity: str
     status: str = "active"
 
+    @classmethod
+    def from_row(cls, row: ChatSession) -> SessionResponse:
+        return cls(
+            session_id=row.id,
+            user_id=row.user_id,
+            title=row.title,
+            created_at=row.created_at.isoformat(),
+            message_count=row.message_count,
+            last_activity=row.last_activity_at.isoformat(),
+            status=row.status,
+        )
+
+
+class StopResult(BaseModel):
+    session_id: str
+    stopped: bool  # false: nothing was being generated
+
+
+class UploadData(BaseModel):
+    file_url: str
+    filename: str
+    original_filename: str
+    size: int
+    content_type: str
+    width: int
+    height: int
+    upload_time: str
+
+    @classmethod
+    def from_row(cls, row: Upload, *, url: str) -> UploadData:
+        return cls(
+            file_url=url,
+            filename=row.stored_name,
+            original_filename=row.original_name,
+            size=row.size,
+            content_type=row.content_type,
+            width=row.width,
+            height=row.height,
+            upload_time=row.created_at.isoformat(),
+        )
+
 
 class MemoryAddRequest(BaseModel):
     user_id: IdStr
     content: Text = Field(max_length=10_000)
     metadata: BoundedMetadata = None
+
+
+class MemoryAdded(BaseModel):
+    memory_id: int
+    user_id: str
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: Memory) -> MemoryAdded:
+        return cls(memory_id=row.id, user_id=row.owner_id, created_at=row.created_at.isoformat())
 
 
 class MemoryRetrieveRequest(BaseModel):
@@ -123,3 +179,32 @@ class MemoryItem(BaseModel):
     title: str | None = None
     category: str | None = None
     question: str | None = None
+
+    @classmethod
+    def from_hit(cls, hit: Hit) -> MemoryItem:
+        """A retrieved memory as `/memory/retrieve` and the `sources` event show it."""
+        item = cls(
+            id=hit.id,
+            content=hit.content,
+            type=hit.scope,  # type: ignore[arg-type]  # one of the three scopes
+            relevance_score=round(hit.score, 4),
+            created_at=hit.created_at.isoformat() if hit.created_at else None,
+        )
+        if hit.scope == PUBLIC:
+            item.title, item.category, item.question = hit.title, hit.category, hit.question
+        return item
+
+    def wire(self) -> dict[str, Any]:
+        """The item as clients have always received it: title, category and question on public items only."""
+        return self.model_dump(exclude=None if self.type == PUBLIC else {"title", "category", "question"})
+
+
+# A MemoryItem sent as `wire()` shows it. The serializer has no return annotation on purpose: the
+# documented schema stays MemoryItem's (title, category and question are optional there).
+WireMemoryItem = Annotated[MemoryItem, WrapSerializer(lambda item, _handler: item.wire())]
+
+
+class RetrievedMemories(BaseModel):
+    query: str
+    total_count: int
+    memories: list[WireMemoryItem]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from ..db.models import Message
 
 
 class RenameRequest(BaseModel):
@@ -23,6 +26,17 @@ class Feedback(BaseModel):
     comment: str | None = None
     created_at: str | None = None
 
+    @classmethod
+    def from_row(cls, row: Message) -> Feedback | None:
+        """The message's rating, or None when it has none."""
+        if row.feedback is None:
+            return None
+        return cls(
+            rating=row.feedback,  # type: ignore[arg-type]  # the service stores only "like" or "dislike"
+            comment=row.feedback_comment,
+            created_at=row.feedback_at.isoformat() if row.feedback_at else None,
+        )
+
 
 class MessageItem(BaseModel):
     id: int
@@ -35,9 +49,33 @@ class MessageItem(BaseModel):
     feedback: Feedback | None = None
     created_at: str
 
+    @classmethod
+    def from_row(cls, row: Message) -> MessageItem:
+        return cls(
+            id=row.id,
+            role=row.role,
+            content=row.content,
+            parts=row.parts,
+            status=row.status,
+            engine=row.engine,
+            sources=row.sources,
+            feedback=Feedback.from_row(row),
+            created_at=row.created_at.isoformat(),
+        )
+
 
 class MessagePage(BaseModel):
     session_id: str
     messages: list[MessageItem]
     # More messages lie beyond this page in the direction it was read (older for before/desc).
     has_more: bool
+
+
+class DeletedSession(BaseModel):
+    session_id: str
+    deleted_messages: int
+
+
+class FeedbackResult(BaseModel):
+    message_id: int
+    feedback: Feedback | None  # None: the rating was cleared

@@ -1,10 +1,14 @@
-"""Knowledge-base entries as operators write them (admin API bodies and import rows), and private-memory edits."""
+"""Knowledge-base entries as operators write them (admin API bodies and import rows) and as the admin
+API answers with them; private memories as they are edited and shown."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from ..db.models import Memory
 
 QUESTION_MAX = 500
 ANSWER_MAX = 20_000
@@ -62,6 +66,133 @@ class HitTestRequest(BaseModel):
 class PrivateMemoryUpdate(BaseModel):
     content: str | None = Field(default=None, min_length=1, max_length=10_000)
     metadata: dict[str, Any] | None = None
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+class KnowledgeEntryOut(BaseModel):
+    """A stored entry: its id, the fields of an import row, and when it was written."""
+
+    id: int
+    external_id: str | None
+    title: str
+    category: str
+    question: str
+    similar_questions: list[str]
+    answer: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: Memory) -> KnowledgeEntryOut:
+        return cls(
+            id=row.id,
+            external_id=row.external_id,
+            title=row.title,
+            category=row.category,
+            question=row.question,
+            similar_questions=list(row.similar_questions or []),
+            answer=row.content,
+            metadata=dict(row.meta or {}),
+            created_at=row.created_at.isoformat(),
+            updated_at=row.updated_at.isoformat(),
+        )
+
+
+class KnowledgePage(BaseModel):
+    total: int
+    page: int
+    page_size: int
+    items: list[KnowledgeEntryOut]
+
+
+class DeletedEntry(BaseModel):
+    id: int
+
+
+class ImportRowError(BaseModel):
+    line: int
+    error: str
+
+
+class ImportReportOut(BaseModel):
+    created: int
+    updated: int
+    failed: int
+    deleted: int  # chunks of a re-imported Markdown document that it no longer has
+    errors: list[ImportRowError]
+    seconds: float
+    entries_per_second: float
+
+
+class QueryTerm(BaseModel):
+    term: str
+    kind: str
+    count: int
+    weight: float
+    in_index: bool | None
+
+
+class HitTestHit(BaseModel):
+    id: int
+    external_id: str | None
+    question: str
+    title: str
+    category: str
+    score: float
+    above_threshold: bool
+
+
+class HitTestResult(BaseModel):
+    """How the query is read (normalised form, weighted terms, tokens), what it finds, and whether
+    the knowledge base would answer it directly (`answered`, with `answer_id`)."""
+
+    query: str
+    original: str
+    normalized: str
+    terms: list[QueryTerm]
+    words: list[str]
+    chars: list[str]
+    bigrams: list[str]
+    threshold: float
+    answered: bool
+    answer_id: int | None
+    hits: list[HitTestHit]
+
+
+class PrivateMemoryOut(BaseModel):
+    memory_id: int
+    user_id: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: Memory) -> PrivateMemoryOut:
+        return cls(
+            memory_id=row.id,
+            user_id=row.owner_id,
+            content=row.content,
+            metadata=row.meta,
+            created_at=row.created_at.isoformat(),
+            updated_at=row.updated_at.isoformat(),
+        )
+
+
+class PrivateMemoryPage(BaseModel):
+    user_id: str
+    total: int
+    limit: int
+    offset: int
+    memories: list[PrivateMemoryOut]
+
+
+class DeletedMemory(BaseModel):
+    memory_id: int
+    user_id: str
 
 
 def describe_errors(exc: ValidationError) -> str:

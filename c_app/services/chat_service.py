@@ -323,7 +323,8 @@ class ChatService:
 
 def suggestions(hits: list[Hit], *, used: list[dict[str, Any]], asked: str) -> list[str]:
     """Up to three follow-up questions: other knowledge-base entries close to what was asked."""
-    return close_questions(hits, floor=SUGGESTION_FLOOR, skip_ids={item.get("id") for item in used}, skip={asked})
+    used_ids = {item["id"] for item in used if isinstance(item.get("id"), int)}
+    return close_questions(hits, floor=SUGGESTION_FLOOR, skip_ids=used_ids, skip={asked})
 
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

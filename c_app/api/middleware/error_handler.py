@@ -53,7 +53,8 @@ async def _app_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     if exc.status_code >= 500:
         logger.error("%s: %s", type(exc).__name__, exc.message)
-    return envelope(exc.status_code, exc.message, exc.error_type, headers=exc.headers)
+    details = jsonable_encoder(exc.details) if exc.details is not None else None
+    return envelope(exc.status_code, exc.message, exc.error_type, details=details, headers=exc.headers)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

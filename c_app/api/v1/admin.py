@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ...db.models import Memory
-from ...errors import Unauthorized
-from ...schemas.knowledge import HitTestRequest, KnowledgeEntryIn, KnowledgeEntryPatch
-from ...services.knowledge_formats import export_row
+from ...errors import Unauthorized, ValidationFailed
+from ...schemas.common import Envelope
+from ...schemas.knowledge import (
+    DeletedEntry,
+    HitTestRequest,
+    HitTestResult,
+    ImportReportOut,
+    KnowledgeEntryIn,
+    KnowledgeEntryOut,
+    KnowledgeEntryPatch,
+    KnowledgePage,
+)
 from ...services.knowledge_service import KnowledgeService
 from ..deps import ServicesDep
-from ..middleware.error_handler import envelope
 
 _bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN")
 
@@ -33,8 +39,8 @@ def require_admin(
         raise Unauthorized("管理员令牌无效", headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_knowledge(request: Request, services: ServicesDep) -> KnowledgeService:
-    return KnowledgeService(services.memory, request.app.state.settings)
+def get_knowledge(services: ServicesDep) -> KnowledgeService:
+    return services.knowledge
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
@@ -43,18 +49,10 @@ EntryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
-
-def ok(message: str, data: Any) -> JSONResponse:
-    return JSONResponse(content={"success": True, "message": message, "data": jsonable_encoder(data)})
-
-
-def entry_item(row: Memory) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        **export_row(row),
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-    }
+_EXPORT_MEDIA = {
+    "application/x-ndjson": {"schema": {"type": "string"}},
+    "text/csv": {"schema": {"type": "string"}},
+}
 
 
 @router.get("/knowledge")
@@ -64,14 +62,25 @@ async def list_entries(
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     category: Annotated[str | None, Query(max_length=100)] = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
-) -> JSONResponse:
+) -> Envelope[KnowledgePage]:
     """分页列出知识库条目，可按分类与关键词（标题、问题、答案）筛选。"""
     rows, total = await knowledge.list_entries(page=page, page_size=page_size, category=category, text=q)
-    data = {"total": total, "page": page, "page_size": page_size, "items": [entry_item(row) for row in rows]}
-    return ok("获取成功", data)
+    return Envelope[KnowledgePage](
+        message="获取成功",
+        data=KnowledgePage(
+            total=total,
+            page=page,
+            page_size=page_size,
+            items=[KnowledgeEntryOut.from_row(row) for row in rows],
+        ),
+    )
 
 
-@router.get("/knowledge/export")
+@router.get(
+    "/knowledge/export",
+    response_class=StreamingResponse,
+    responses={200: {"description": "知识库文件（jsonl 或 csv）", "content": _EXPORT_MEDIA}},
+)
 async def export_entries(
     knowledge: KnowledgeDep, fmt: Annotated[str, Query(alias="format", max_length=16)] = "jsonl"
 ) -> StreamingResponse:
@@ -89,43 +98,51 @@ async def import_entries(
     file: Annotated[UploadFile, File()],
     fmt: Annotated[str | None, Form(alias="format", max_length=16)] = None,
     strict: Annotated[bool, Form()] = False,
-) -> JSONResponse:
-    """导入知识库文件（JSON Lines、CSV 或 Markdown）；有 external_id 的条目更新而不重复。"""
+) -> Envelope[ImportReportOut]:
+    """导入知识库文件（JSON Lines、CSV 或 Markdown）；有 external_id 的条目更新而不重复。
+
+    strict=true 时只要有一行有误就不导入任何条目，返回 422，error.details 列出有误的行。"""
     data = await knowledge.read_upload(file)
     report = await knowledge.import_bytes(data, filename=file.filename, fmt=fmt, strict=strict)
     if report.rejected:
-        return envelope(422, "导入数据有误，未导入任何条目", "ValidationError", details=report.errors)
-    return ok("导入完成", report.as_dict())
+        raise ValidationFailed("导入数据有误，未导入任何条目", details=report.errors)
+    return Envelope[ImportReportOut](
+        message="导入完成", data=ImportReportOut.model_validate(report.as_dict())
+    )
 
 
 @router.post("/knowledge/hit-test")
-async def hit_test(request: HitTestRequest, knowledge: KnowledgeDep) -> JSONResponse:
+async def hit_test(request: HitTestRequest, knowledge: KnowledgeDep) -> Envelope[HitTestResult]:
     """命中测试：查看查询的归一化与分词结果、命中的条目与得分，以及是否会直接作答。"""
-    return ok("测试完成", await knowledge.hit_test(request.query, limit=request.limit))
+    result = await knowledge.hit_test(request.query, limit=request.limit)
+    return Envelope[HitTestResult](message="测试完成", data=HitTestResult.model_validate(result))
 
 
 @router.post("/knowledge")
-async def create_entry(entry: KnowledgeEntryIn, knowledge: KnowledgeDep) -> JSONResponse:
+async def create_entry(entry: KnowledgeEntryIn, knowledge: KnowledgeDep) -> Envelope[KnowledgeEntryOut]:
     """新增知识条目。"""
-    return ok("创建成功", entry_item(await knowledge.create(entry)))
+    row = await knowledge.create(entry)
+    return Envelope[KnowledgeEntryOut](message="创建成功", data=KnowledgeEntryOut.from_row(row))
 
 
 @router.get("/knowledge/{entry_id}")
-async def get_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> JSONResponse:
+async def get_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> Envelope[KnowledgeEntryOut]:
     """获取一个知识条目。"""
-    return ok("获取成功", entry_item(await knowledge.get(entry_id)))
+    row = await knowledge.get(entry_id)
+    return Envelope[KnowledgeEntryOut](message="获取成功", data=KnowledgeEntryOut.from_row(row))
 
 
 @router.put("/knowledge/{entry_id}")
 async def update_entry(
     entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep
-) -> JSONResponse:
+) -> Envelope[KnowledgeEntryOut]:
     """修改知识条目（只改提交的字段）。"""
-    return ok("更新成功", entry_item(await knowledge.update(entry_id, patch)))
+    row = await knowledge.update(entry_id, patch)
+    return Envelope[KnowledgeEntryOut](message="更新成功", data=KnowledgeEntryOut.from_row(row))
 
 
 @router.delete("/knowledge/{entry_id}")
-async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> JSONResponse:
+async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> Envelope[DeletedEntry]:
     """删除知识条目。"""
     await knowledge.delete(entry_id)
-    return ok("删除成功", {"id": entry_id})
+    return Envelope[DeletedEntry](message="删除成功", data=DeletedEntry(id=entry_id))

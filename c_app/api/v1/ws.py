@@ -27,8 +27,10 @@ from pydantic import ValidationError
 from ...errors import AppError
 from ...schemas.customer import ChatRequest
 from ...schemas.events import ChatEvent, ErrorEvent
-from ..deps import Services, websocket_actor
+from ...container import Services
+from ..deps import websocket_actor
 from ..sse import event_payload
+from ..turns import open_turn
 
 logger = logging.getLogger(__name__)
 
@@ -120,21 +122,15 @@ class _Connection:
             await self.error("请求参数格式错误", 422)
             return
         try:
-            user_id = self.actor.act_for(request.user_id)
-            if not request.session_id.strip():
-                await self.error("会话ID不能为空", 400)
-                return
-            # Each turn counts against the same limit as POST /stream, per user and per address.
-            client = self.ws.client.host if self.ws.client else "unknown"
-            await self.ws.app.state.rate_limits.check("stream", f"user:{user_id[:128]}", f"ip:{client}")
-            turn = await self.services.chat.prepare(
-                user_id=user_id, session_id=request.session_id, message=request.message
+            # The same entry as POST /stream: acting user, rate limit, checks, the question stored.
+            turn = await open_turn(
+                self.ws, self.actor, user_id=request.user_id, session_id=request.session_id, message=request.message
             )
         except AppError as exc:
             await self.error(exc.message, exc.status_code)
             return
         self.turn_session = turn.session_id
-        self.turn_task = asyncio.create_task(self._stream(turn.events()))
+        self.turn_task = asyncio.create_task(self._stream(self.services.chat.answer(turn)))
 
     async def _stream(self, events: Any) -> None:
         event: ChatEvent

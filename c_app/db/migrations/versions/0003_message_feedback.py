@@ -2,6 +2,12 @@
 
 Revision ID: 0003
 Revises: 0001
+
+There is no 0002, on purpose. 0003 and 0004 were written side by side on 0001 (0004 was then put
+after 0003 so there is one head), and no revision 0002 was ever released. Do not renumber to close
+the gap: Alembic knows a database's state by the revision id stored in its alembic_version table
+("0003", "0004"), not by file name, so renaming these ids would leave every deployed database at a
+revision this code no longer has. New revisions continue from the head (0005, ...).
 """
 
 import sqlalchemy as sa

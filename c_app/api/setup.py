@@ -1,4 +1,8 @@
-"""Wire security into an app: credentials checker, rate limits, headers, request ids, start-up warnings."""
+"""Wire security into an app: credentials checker, rate limits, headers, request ids, start-up warnings.
+
+The rules live in c_app/security (who may do what, how much, signatures); this is the HTTP wiring,
+so security/ never imports from api/.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +13,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ..api.middleware.request_id import RequestId
-from ..api.middleware.security_headers import SecurityHeaders
-from ..api.openapi import install_openapi
 from ..config import Settings
-from .auth import LOOPBACK_HOSTS, Authenticator
-from .rate_limit import RateLimits
+from ..security.auth import Authenticator
+from ..security.rate_limit import RateLimits
+from ..security.startup import startup_warnings
+from .middleware.request_id import RequestId
+from .middleware.security_headers import SecurityHeaders
+from .openapi import install_openapi
 
 logger = logging.getLogger(__name__)
 
 
-def startup_warnings(settings: Settings) -> list[str]:
-    """What an operator must hear about before customers connect."""
-    warnings: list[str] = []
-    if settings.auth_mode == "none" and settings.host not in LOOPBACK_HOSTS:
-        warnings.append(
-            f"!!! AUTH_MODE=none while listening on {settings.host}: anyone who can reach this port can read "
-            "and write every customer's conversations. Set AUTH_MODE=api_key or jwt, or HOST=127.0.0.1. !!!"
-        )
-    if settings.auth_mode != "none" and settings.url_signing_secret is None:
-        warnings.append(
-            "URL_SIGNING_SECRET is unset: upload URLs are signed with a random per-process key, so they stop "
-            "working after a restart and on other replicas."
-        )
-    return warnings
-
-
-def setup_security(app: FastAPI, settings: Settings) -> None:
+def install_security(app: FastAPI, settings: Settings) -> None:
     """Call after the other middleware is added, so these two wrap everything (413s and CORS answers too)."""
     app.state.authenticator = Authenticator(settings)  # raises on an unusable auth configuration
     app.add_middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds)

@@ -1,0 +1,56 @@
+"""Service information, health and statistics: answers that are not in the success envelope."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+Health = Literal["healthy", "unhealthy"]
+
+
+class ServiceInfo(BaseModel):
+    """GET /"""
+
+    message: str
+    version: str
+    status: str
+    docs: str
+    health: str
+
+
+class Liveness(BaseModel):
+    """GET /health: the process answers."""
+
+    status: str
+    service: str
+
+
+class ServiceChecks(BaseModel):
+    chat_service: Health = "healthy"
+    session_service: Health = "healthy"  # the database answers
+    memory_service: Health = "healthy"  # retrieval answers
+
+
+class HealthResponse(BaseModel):
+    """GET /api/v1/chat/health: 200 when every check passes, else 503 with status "degraded"."""
+
+    status: Literal["healthy", "degraded"]
+    timestamp: str
+    services: ServiceChecks
+
+
+class Statistics(BaseModel):
+    total_sessions: int
+    active_sessions: int  # with activity in the last 24 hours
+    total_messages: int
+    feedback_likes: int
+    feedback_dislikes: int
+    total_uploads: int
+
+
+class StatsResponse(BaseModel):
+    timestamp: str
+    uptime: float  # seconds since the process started
+    version: str
+    statistics: Statistics
