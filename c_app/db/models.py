@@ -179,3 +179,50 @@ class MemoryVector(Base):
     dims: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who read or changed a customer's data or the knowledge base, when, and from where.
+
+    Append-only: no route changes or removes a row. Never holds the data itself (ids and counts only).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))  # "admin", an agent id, "system"
+    actor_role: Mapped[str] = mapped_column(String(32))  # admin | supervisor | agent | system
+    action: Mapped[str] = mapped_column(String(64))  # e.g. customer.export, customer.erase, knowledge.update
+    target_type: Mapped[str] = mapped_column(String(32))  # customer | knowledge | session | agent | ...
+    target_id: Mapped[str] = mapped_column(String(200), default="")
+    customer_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    address: Mapped[str] = mapped_column(String(64), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # counts and flags, never content
+
+    __table_args__ = (
+        Index("ix_audit_log_created_at", "created_at"),
+        Index("ix_audit_log_customer_id", "customer_id", "id"),
+        Index("ix_audit_log_action", "action", "id"),
+    )
+
+
+class ModerationEvent(Base):
+    """A sensitive-word hit (敏感词) on a customer's message (blocked) or on an answer (masked)."""
+
+    __tablename__ = "moderation_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    user_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(String(128))
+    message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    direction: Mapped[str] = mapped_column(String(16))  # question | answer
+    hits: Mapped[int] = mapped_column(Integer, default=1)
+    words: Mapped[list[str]] = mapped_column(JSON, default=list)  # the listed words matched (not the text)
+
+    __table_args__ = (
+        Index("ix_moderation_events_created_at", "created_at"),
+        Index("ix_moderation_events_user_id", "user_id", "id"),
+    )
