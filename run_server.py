@@ -1,8 +1,29 @@
 """Start the API: `python run_server.py` (HOST, PORT, RELOAD=1 and LOG_LEVEL from the environment)."""
 
-import uvicorn
+import copy
+from typing import Any
 
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from c_app.api.middleware.log_redaction import UVICORN_LOGGERS, RedactSecrets
 from c_app.config import get_settings
+
+# Room for the request line (method, path, query with a token) on top of the headers themselves.
+REQUEST_LINE_ALLOWANCE = 8 * 1024
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's own logging set-up, with credentials redacted from every line it writes
+    (the access log names each path with its query: `?token=`, `?sig=`)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_secrets"] = {"()": RedactSecrets}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_secrets")
+    for name in UVICORN_LOGGERS:
+        config["loggers"].setdefault(name, {}).setdefault("filters", []).append("redact_secrets")
+    return config
+
 
 if __name__ == "__main__":
     settings = get_settings()
@@ -13,4 +34,8 @@ if __name__ == "__main__":
         reload=settings.reload,
         reload_dirs=["c_app"] if settings.reload else None,
         log_level=settings.log_level.lower(),
+        log_config=log_config(),
+        # h11 (when chosen) refuses a request head past this; httptools has no such limit, so the
+        # app's HeaderLimit middleware answers 431 past MAX_HEADER_BYTES either way.
+        h11_max_incomplete_event_size=settings.max_header_bytes + REQUEST_LINE_ALLOWANCE,
     )

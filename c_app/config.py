@@ -13,7 +13,6 @@ DEFAULT_CORS_ORIGINS = [
     "http://localhost:3000",
     "http://127.0.0.1:3000",
     "http://localhost:8080",
-    "https://your-domain.com",
 ]
 
 
@@ -42,8 +41,17 @@ class Settings(BaseSettings):
     cache_dir: str | None = None
 
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # any body but an upload
+    # All request header names and values together (431 beyond); 16 KiB as Node.js and h11: room for a
+    # large JWT (typically 1-4 KB) and cookies, far from the megabytes the parser would otherwise keep.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     upload_dir: str = "./uploads"
     max_file_size: int = 10 * 1024 * 1024
+    # What one image may cost to decode, checked from its structure before decoding (bench/upload_bombs.py).
+    # The defaults let an animation cost what the largest still (40 Mpx, RGBA) costs, no more.
+    max_image_frames: int = Field(default=100, ge=1)
+    max_image_total_pixels: int = Field(default=40_000_000, ge=1)  # frames x pixels of a frame
+    max_image_decoded_bytes: int = Field(default=300 * 1024 * 1024, ge=1)  # pixels, and JPEG coefficients
+    upload_decode_concurrency: int = Field(default=2, ge=1)  # images decoded or written again at once
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_CORS_ORIGINS))
 
     # Knowledge base and memory.
@@ -68,6 +76,7 @@ class Settings(BaseSettings):
     llm_history_tokens: int = Field(default=2000, ge=0)  # budget for past messages in the prompt
     llm_max_tool_rounds: int = Field(default=3, ge=0)
     llm_send_images: bool = True  # off for models without vision
+    pii_masking: bool = True  # personal data replaced by placeholders before a prompt leaves (c_app/privacy)
     # Remote image hosts allowed in image_url parts.
     image_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_message_chars: int = Field(default=4000, ge=1)
@@ -98,6 +107,7 @@ class Settings(BaseSettings):
     rate_limit_stream: str = "30/minute"
     rate_limit_upload: str = "20/minute"
     rate_limit_memory: str = "60/minute"
+    rate_limit_retrieve: str = "120/minute"  # POST /memory/retrieve: a search per request
     rate_limit_key_prefix: str = "c_app"
     # A client address may carry many users (an office behind one NAT): its limit is this many times a user's.
     rate_limit_address_factor: int = Field(default=5, ge=1)
@@ -116,6 +126,12 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(default=64, ge=1)
     # Cosine that unrelated texts reach with the model: rescaled to 0 in the fused score.
     embedding_min_similarity: float = Field(default=0.5, ge=0, lt=1)
+
+    # Sensitive words (敏感词, issue 14): UTF-8, one word a line, `#` comments; unset: no checks.
+    sensitive_words_file: str | None = None
+    sensitive_reply: str = Field(default="抱歉，您的消息包含不当内容，请修改后再试。", min_length=1)
+    sensitive_reload_interval: float = Field(default=2.0, ge=0)  # seconds between looks at the file
+    sensitive_mask_char: str = Field(default="*", min_length=1, max_length=1)
 
     @field_validator("api_keys", mode="before")
     @classmethod

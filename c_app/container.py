@@ -27,9 +27,13 @@ from .engines.base import Engine
 from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
 from .engines.llm_responder import LLMResponder
+from .privacy.masking import MaskingEngine
+from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
 from .retrieval.text import set_cache_dir
+from .services.audit_service import AuditService
 from .services.chat_service import ChatService
+from .services.customer_data import CustomerDataService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
 from .services.knowledge_service import KnowledgeService, answer_threshold
@@ -53,6 +57,8 @@ class Services:
     knowledge: KnowledgeService
     uploads: UploadService
     chat: ChatService
+    audit: AuditService
+    customer_data: CustomerDataService
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -122,7 +128,9 @@ def build_engine(settings: Settings) -> Engine:
         temperature=settings.llm_temperature,
         max_tokens=settings.llm_max_tokens,
     )
-    return FallbackEngine(llm, kb)
+    # Personal data never reaches the model (the offline responder sends nothing out: not masked).
+    primary: Engine = MaskingEngine(llm) if settings.pii_masking else llm
+    return FallbackEngine(primary, kb)
 
 
 def build_dense(settings: Settings, db: Database) -> DenseSearch | None:
@@ -139,6 +147,17 @@ def build_dense(settings: Settings, db: Database) -> DenseSearch | None:
     return DenseSearch(db, settings, client)
 
 
+def build_sensitive(settings: Settings) -> SensitiveWords | None:
+    """The sensitive-word list (SENSITIVE_WORDS_FILE), re-read when it changes; None: no checks at all."""
+    if not settings.sensitive_words_file:
+        return None
+    return SensitiveWords(
+        settings.sensitive_words_file,
+        reload_interval=settings.sensitive_reload_interval,
+        mask=settings.sensitive_mask_char,
+    )
+
+
 def build_services(settings: Settings, db: Database | None = None) -> Services:
     set_cache_dir(settings.cache_path)  # jieba's and the term statistics' cache: private, not the temp dir
     db = db or Database(settings)
@@ -147,7 +166,16 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     memory = MemoryService(sync, settings)
     uploads = UploadService(db, settings)
     sends_images = settings.llm_api_key is not None and settings.llm_send_images
-    chat = ChatService(settings, sessions, memory, uploads, build_engine(settings), sends_images=sends_images)
+    chat = ChatService(
+        settings,
+        sessions,
+        memory,
+        uploads,
+        build_engine(settings),
+        sends_images=sends_images,
+        sensitive=build_sensitive(settings),
+    )
+    audit = AuditService(db)
     return Services(
         settings=settings,
         db=db,
@@ -157,4 +185,6 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         knowledge=KnowledgeService(sync, settings),
         uploads=uploads,
         chat=chat,
+        audit=audit,
+        customer_data=CustomerDataService(sync, uploads, audit),
     )

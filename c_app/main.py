@@ -15,6 +15,8 @@ from .api.chat_page import setup_chat_page
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
+from .api.middleware.header_limit import HeaderLimit
+from .api.middleware.log_redaction import RedactSecrets, install_log_redaction
 from .api.middleware.request_id import RequestIdFilter
 from .api.openai_compat import router as openai_router
 from .api.setup import install_security
@@ -27,11 +29,17 @@ logger = logging.getLogger(__name__)
 
 
 def configure_logging(settings: Settings) -> None:
+    from .privacy.logfilter import MaskPersonalData, install_log_masking
+
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if settings.log_file:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
     for handler in handlers:
         handler.addFilter(RequestIdFilter())  # a request id on every line, whichever logger wrote it
+        handler.addFilter(RedactSecrets())  # and no credential from a URL on any line
+        handler.addFilter(MaskPersonalData())  # and no personal data at INFO or above
+    install_log_redaction()  # uvicorn's own loggers (the access log) do not reach these handlers
+    install_log_masking()  # likewise
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s - %(name)s - %(levelname)s - [%(request_id)s] %(message)s",
@@ -76,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     setup_cors(app, settings)
+    # Oversized headers are refused before CORS, body parsing or routing look at the request.
+    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
     install_security(app, settings)  # outermost: headers and request ids on every answer
     setup_static_files(app)
     setup_chat_page(app)

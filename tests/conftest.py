@@ -24,7 +24,6 @@ from c_app.config import Settings
 from c_app.main import create_app
 
 from .llm_standin import StandIn
-from .servers import serve
 
 BACKEND = os.environ.get("C_APP_TEST_DB", "sqlite")
 PG_URL = os.environ.get("C_APP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -81,10 +80,10 @@ async def start_app(make_settings: Callable[..., Settings]) -> AsyncIterator[App
 
 @pytest.fixture
 def standin() -> Iterator[StandIn]:
-    """The OpenAI-compatible stand-in model on a loopback port; `standin.base_url` ends in /v1."""
+    """The OpenAI-compatible stand-in model on a loopback port; `standin.base_url` ends in /v1.
+    Closed before its server stops, so a request left hanging ends at once."""
     stand = StandIn()
-    with serve(stand.app) as base:
-        stand.base_url = base + "/v1"
+    with stand.serving():
         yield stand
 
 

@@ -7,10 +7,14 @@ empty script it streams `standin.default_text` in small chunks.
     {"kind": "stream", "text": "...", "chunk": 2, "delay": 0.0}
     {"kind": "error", "status": 500}                   # also 429, 401 ...
     {"kind": "hang"}                                    # never answers (until the client goes)
-    {"kind": "hang_after", "text": "...", "chunk": 2}   # streams the text, then hangs
+    {"kind": "hang_after", "text": "...", "chunk": 2}   # streams the text, then hangs (likewise)
     {"kind": "cut", "text": "...", "chunk": 2}          # streams the text, then drops the connection
     {"kind": "tool", "name": "search_knowledge", "arguments": "{\\"query\\": \\"退货\\"}"}
     {"kind": "slow", "text": "...", "chunk": 1, "delay": 0.2}
+
+A hang also ends when the stand-in is closed: serve it with `with standin.serving():` (the
+`standin` fixture does), so a test that leaves a request hanging does not hold up the server's
+shutdown.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -51,13 +56,62 @@ class StandIn:
         self.embedding_calls = 0
         self.embeddings_down = False
         self.lock = threading.Lock()
+        # Set by close(), from any thread; every hang waits on it (created in the serving loop).
+        self._closing: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-            ]
+            ],
+            lifespan=self._lifespan,
         )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        with self.lock:
+            self._loop, self._closing = asyncio.get_running_loop(), asyncio.Event()
+            if self._closed:
+                self._closing.set()
+        yield
+
+    def close(self) -> None:
+        """End every hang now and from now on (callable from any thread)."""
+        with self.lock:
+            self._closed = True
+            loop, closing = self._loop, self._closing
+        if loop is not None and closing is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(closing.set)
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """Serve on a loopback port (tests/servers.py); yields and sets `base_url` (ending in /v1).
+        On exit the stand-in is closed first, so hanging requests end and the server stops at once."""
+        from .servers import serve
+
+        with serve(self.app) as base:
+            self.base_url = base + "/v1"
+            try:
+                yield self.base_url
+            finally:
+                self.close()
+
+    async def _hang(self, request: Request | None = None) -> bool:
+        """Wait until the stand-in is closed or, given the request, its client goes away (or an
+        hour passes). True when the client went away."""
+        closing = self._closing or asyncio.Event()
+        waits = {asyncio.ensure_future(closing.wait())}
+        gone = asyncio.ensure_future(_client_gone(request)) if request is not None else None
+        if gone is not None:
+            waits.add(gone)
+        try:
+            await asyncio.wait(waits, timeout=3600, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return gone is not None and gone.done() and not gone.cancelled()
 
     def next_behaviour(self) -> dict[str, Any]:
         with self.lock:
@@ -87,10 +141,15 @@ class StandIn:
             status = behaviour.get("status", 500)
             return JSONResponse({"error": {"message": "stand-in failure", "type": "server_error"}}, status_code=status)
         if kind == "hang":
+            client_went = True  # also when the wait is cancelled
             try:
-                await asyncio.sleep(3600)
+                client_went = await self._hang(request)
             finally:
-                self.disconnects.append(time.monotonic())
+                if client_went:
+                    self.disconnects.append(time.monotonic())
+            if client_went:
+                return Response(status_code=499)  # nobody is there to read it
+            return JSONResponse({"error": {"message": "stand-in closed"}}, status_code=503)
         if not body.get("stream"):
             text = behaviour.get("text", self.default_text)
             return JSONResponse(
@@ -151,7 +210,10 @@ class StandIn:
                 if kind == "cut":
                     raise ConnectionAbortedError("stand-in cuts the stream")
                 if kind == "hang_after":
-                    await asyncio.sleep(3600)
+                    # The stream's disconnect watcher cancels this when the client goes; closing
+                    # the stand-in ends the stream unfinished.
+                    await self._hang()
+                    return
                 yield self._chunk({}, "stop")
             usage = {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
             yield "data: " + json.dumps({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": self.model, "choices": [], "usage": usage}) + "\n\n"
@@ -159,6 +221,12 @@ class StandIn:
         except (asyncio.CancelledError, GeneratorExit):
             self.disconnects.append(time.monotonic())
             raise
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected (the request body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def hashed_embedding(text: str, dims: int = 64) -> list[float]:

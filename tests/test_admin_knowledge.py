@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from c_app.db.models import Memory, MemoryChange
 
-from .utils import count, rows
+from .utils import assert_envelope, count, rows
 
 KB = "/api/v1/admin/knowledge"
 RETRIEVE = "/api/v1/chat/memory/retrieve"
@@ -54,16 +54,6 @@ async def score_of(client, query: str, entry_id: int) -> float:
     return found[0]["relevance_score"] if found else 0.0
 
 
-def assert_envelope(response, status: int, message: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["success"] is False and body["timestamp"]
-    assert body["error"]["code"] == status
-    if message is not None:
-        assert body["error"]["message"] == message
-    return body
-
-
 def upload(content: str | bytes, name: str, **form):
     data = content.encode("utf-8") if isinstance(content, str) else content
     return {"files": {"file": (name, data)}, "data": {k: str(v).lower() for k, v in form.items()}}
@@ -85,8 +75,7 @@ async def test_refused_without_the_right_token(start_app, headers):
         ("POST", f"{KB}/hit-test", {"query": "x"}),
     ):
         response = await client.request(method, path, json=body, headers=headers)
-        body_json = assert_envelope(response, 401)
-        assert body_json["error"]["type"] == "HTTPException"
+        body_json = assert_envelope(response, 401, error_type="HTTPException")
         assert not body_json["error"]["message"].isascii()
     assert await count(app, Memory) == 0
 
@@ -478,7 +467,7 @@ async def test_export_of_many_entries_streams_them_all(admin):
     response = await client.get(f"{KB}/export")
     exported = [json.loads(line)["external_id"] for line in response.text.splitlines()]
     assert exported == [f"e{i}" for i in range(2500)]
-    async with app.state.db.read() as db:  # written in batches, one change record per entry
+    async with app.state.services.db.read() as db:  # written in batches, one change record per entry
         assert (await db.execute(select(func.count()).select_from(MemoryChange))).scalar_one() == 2500
 
 
@@ -496,7 +485,7 @@ async def test_hit_test_explains_the_ranking(admin):
     data = response.json()["data"]
     assert data["query"] == "请问发票抬头填错了怎么办呀"
     assert data["normalized"] and "请问" not in data["normalized"]
-    threshold = app.state.services.memory.answer_threshold
+    threshold = app.state.services.knowledge.answer_threshold
     assert data["threshold"] == threshold
     top = data["hits"][0]
     assert top["id"] == entry_id and top["question"] == ENTRY["question"] and top["category"] == "发票"

@@ -22,11 +22,12 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"config", "errors", "schemas"},
     "engines": set(),  # the contract (base.py) and the LLM's prompt helper only, below
     "schemas": {"engines"},
-    "services": {"config", "errors", "db", "retrieval", "engines", "schemas", "security"},
-    "container": {"config", "db", "engines", "retrieval", "services"},
+    "privacy": {"engines", "config"},  # personal-data masking: an engine wrapper and a log filter
+    "services": {"config", "errors", "db", "retrieval", "engines", "schemas", "security", "privacy"},
+    "container": {"config", "db", "engines", "retrieval", "services", "privacy"},
     "api": {"config", "errors", "container", "services", "schemas", "security", "engines", "web"},
     "cli": {"config", "container", "errors", "services"},
-    "main": {"api", "config", "container", "schemas"},
+    "main": {"api", "config", "container", "schemas", "privacy"},
 }
 
 

@@ -19,18 +19,9 @@ from c_app.db.models import ChatSession, Memory, Message, Upload
 from c_app.security.auth import authenticate_websocket
 
 from .security_utils import API_KEY, SECRET, bearer, jwt_settings, token, websocket_handshake
-from .utils import chat_body, count, png_bytes, rows
+from .utils import assert_envelope, chat_body, count, jpeg_bytes, png_bytes, rows, upload, uploaded
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-
-
-def assert_envelope(response: Any, status: int, message: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["success"] is False and body["error"]["code"] == status
-    if message is not None:
-        assert body["error"]["message"] == message
-    return body
 
 
 # --- api_key -------------------------------------------------------------------------------------
@@ -151,11 +142,11 @@ async def test_rs256_public_key(start_app: Any, tmp_path: Path) -> None:
 
 
 async def test_none_mode_warns_loudly_when_not_on_loopback(start_app: Any, caplog: Any) -> None:
-    with caplog.at_level(logging.WARNING, logger="c_app.security.setup"):
+    with caplog.at_level(logging.WARNING, logger="c_app.api.setup"):
         await start_app(host="0.0.0.0")
     assert any("AUTH_MODE=none" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="c_app.security.setup"):
+    with caplog.at_level(logging.WARNING, logger="c_app.api.setup"):
         await start_app(host="127.0.0.1")
     assert not any("AUTH_MODE=none" in r.getMessage() for r in caplog.records)
 
@@ -164,14 +155,7 @@ async def test_none_mode_warns_loudly_when_not_on_loopback(start_app: Any, caplo
 
 
 async def _upload(client: Any, headers: dict[str, str], user_id: str = "alice") -> dict[str, Any]:
-    response = await client.post(
-        "/api/v1/chat/upload-image",
-        files={"file": ("p.png", png_bytes(), "image/png")},
-        data={"user_id": user_id, "session_id": f"s-{user_id}"},
-        headers=headers,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
+    return await uploaded(client, user_id=user_id, session_id=f"s-{user_id}", headers=headers)
 
 
 async def test_uploads_are_readable_by_owner_or_signed_url_only(start_app: Any) -> None:
@@ -243,18 +227,12 @@ async def test_gps_metadata_is_stripped_before_storing(app: Any, client: Any) ->
     exif[0x0112] = 6  # orientation: the stored pixels are turned instead
     gps = exif.get_ifd(0x8825)
     gps.update({1: "N", 2: (39.0, 54.0, 26.0), 3: "E", 4: (116.0, 23.0, 29.0)})
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 20), (200, 30, 30)).save(buffer, "JPEG", exif=exif, comment=b"home address")
-    original = buffer.getvalue()
+    original = jpeg_bytes((40, 20), (200, 30, 30), quality=75, exif=exif, comment=b"home address")
     assert Image.open(io.BytesIO(original)).getexif().get_ifd(0x8825)
 
-    response = await client.post(
-        "/api/v1/chat/upload-image",
-        files={"file": ("gps.jpg", original, "image/jpeg")},
-        data={"user_id": "alice", "session_id": "s1"},
+    data = await uploaded(
+        client, original, "gps.jpg", content_type="image/jpeg", user_id="alice", session_id="s1"
     )
-    assert response.status_code == 200, response.text
-    data = response.json()["data"]
     stored = (Path(app.state.settings.upload_dir) / data["filename"]).read_bytes()
     image = Image.open(io.BytesIO(stored))
     assert not image.getexif() and not image.getexif().get_ifd(0x8825)
@@ -266,13 +244,8 @@ async def test_per_user_upload_quota(start_app: Any) -> None:
     app, client = await start_app(upload_quota_bytes=len(png_bytes()) * 2)
     for _ in range(2):
         await _upload(client, {})
-    refused = await client.post(
-        "/api/v1/chat/upload-image",
-        files={"file": ("p.png", png_bytes(), "image/png")},
-        data={"user_id": "alice", "session_id": "s-alice"},
-    )
-    assert_envelope(refused, 413)
-    assert "上传空间已用完" in refused.json()["error"]["message"]
+    refused = await upload(client, user_id="alice", session_id="s-alice")
+    assert "上传空间已用完" in assert_envelope(refused, 413)["error"]["message"]
     assert await count(app, Upload) == 2
     assert len([p for p in Path(app.state.settings.upload_dir).iterdir()]) == 2
     await _upload(client, {}, user_id="bob")  # the quota is per user
@@ -373,12 +346,7 @@ async def test_malformed_ids_are_422_everywhere_and_store_nothing(app: Any, clie
     assert_envelope(stream, 422)
     create = await client.post("/api/v1/chat/session/create", json={"user_id": bad})
     assert_envelope(create, 422)
-    upload = await client.post(
-        "/api/v1/chat/upload-image",
-        files={"file": ("p.png", png_bytes(), "image/png")},
-        data={"user_id": bad, "session_id": "s"},
-    )
-    assert_envelope(upload, 422)
+    assert_envelope(await upload(client, user_id=bad, session_id="s"), 422)
     if "/" not in bad:  # a "/" in a path is another route
         from urllib.parse import quote
 

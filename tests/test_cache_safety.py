@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from c_app.config import Settings
-from c_app.main import create_app
+from c_app.container import build_services
 from c_app.retrieval import background, text
 
 FAKE = {"w退款": 0.25, "c退": 0.5, "b退款": 0.125}
@@ -68,11 +68,11 @@ def test_cache_folder_follows_settings(tmp_path: Path) -> None:
     assert settings.cache_path == explicit
 
 
-def test_app_makes_a_private_cache_folder(tmp_path: Path, isolated: Path) -> None:
+def test_services_make_a_private_cache_folder(tmp_path: Path, isolated: Path) -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, memory_db_path=str(tmp_path / "customer_service.db"), upload_dir=str(tmp_path / "u")
     )
-    create_app(settings)
+    build_services(settings)  # the app, the CLI and the benches all build their services here
     assert settings.cache_path.is_dir()
     assert mode(settings.cache_path) == 0o700
     assert text.cache_dir() == settings.cache_path

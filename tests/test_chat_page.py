@@ -68,7 +68,7 @@ def stored(db_path: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
 async def add_hostile_entry(settings: Settings) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.services.memory.upsert_public(
+        await app.state.services.knowledge.upsert(
             [
                 {
                     "external_id": "test-hostile",
@@ -236,8 +236,8 @@ def test_stop_button_stops_a_model_answer(make_settings: Callable[..., Settings]
 
     standin = StandIn()
     standin.script.append({"kind": "hang_after", "text": "正在为您查询订单", "chunk": 2})
-    with serve(standin.app) as llm_base:
-        settings = make_settings(llm_api_key="sk-test", llm_base_url=llm_base + "/v1", llm_max_retries=0)
+    with standin.serving() as llm_base_url:
+        settings = make_settings(llm_api_key="sk-test", llm_base_url=llm_base_url, llm_max_retries=0)
         with serve(create_app(settings)) as base_url:
             open_page(page, base_url)
             page.fill("#input", "帮我查一下订单")

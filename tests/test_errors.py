@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,33 +15,11 @@ from sqlalchemy.exc import OperationalError
 
 from c_app.db.models import ChatSession, Memory, MemoryChange, Message, Upload
 
-from .utils import chat_body, count
+from .utils import assert_envelope, chat_body, count
 
 CHAT = "/api/v1/chat"
-CJK = re.compile(r"[\u4e00-\u9fff]")
 ALLOWED_ORIGIN = "http://localhost:3000"
 EVIL_ORIGIN = "https://evil.example"
-
-
-def assert_envelope(
-    response: httpx.Response, status: int, message: str | None = None, error_type: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["success"] is False
-    error = body["error"]
-    assert error["code"] == status
-    assert isinstance(error["message"], str) and CJK.search(error["message"]), error["message"]
-    assert isinstance(error["type"], str) and error["type"]
-    if message is not None:
-        assert error["message"] == message
-    if error_type is not None:
-        assert error["type"] == error_type
-    stamp = datetime.fromisoformat(body["timestamp"])
-    now = datetime.now(UTC) if stamp.tzinfo else datetime.now()
-    assert abs(now - stamp) < timedelta(minutes=5)
-    return body
 
 
 async def table_counts(app: FastAPI) -> dict[str, int]:

@@ -21,9 +21,7 @@ import pytest
 from c_app.db.models import ChatSession, Message
 
 from .conftest import BACKEND, PG_URL
-from .utils import answer_text, chat_body, count
-
-UNAVAILABLE = {"code": 503, "message": "服务暂时不可用，请稍后重试", "type": "ServiceUnavailable"}
+from .utils import answer_text, assert_envelope, chat_body, count
 
 
 class TcpProxy:
@@ -82,8 +80,8 @@ async def turn(client: Any, label: str) -> Any:
 
 
 def assert_unavailable(response: Any) -> None:
-    assert response.status_code == 503, response.text
-    assert response.json()["error"] == UNAVAILABLE
+    body = assert_envelope(response, 503, "服务暂时不可用，请稍后重试", "ServiceUnavailable")
+    assert "details" not in body["error"]
     assert response.headers["Retry-After"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from c_app.db.models import Message
 
-from .utils import chat_body, rows
+from .utils import assert_envelope, chat_body, rows
 
 FEEDBACK = "/api/v1/chat/message/{}/feedback"
 
@@ -92,14 +92,12 @@ async def test_refusals_change_nothing(app, client):
         (2**70, {"rating": "dislike"}, {}, 422, "请求参数格式错误"),
     ):
         response = await client.post(FEEDBACK.format(message_id), json=body, params=params)
-        assert response.status_code == status, (message_id, body, response.text)
-        envelope = response.json()
-        assert envelope["success"] is False and envelope["error"]["message"] == message
+        assert_envelope(response, status, message)
 
     not_json = await client.post(
         FEEDBACK.format(answer_id), content=b"like", headers={"Content-Type": "application/json"}
     )
-    assert not_json.status_code == 422
+    assert_envelope(not_json, 422, "请求参数格式错误", "ValidationError")
     row = await stored(app, answer_id)
     assert (row.feedback, row.feedback_comment) == ("like", "好")
     assert (await stored(app, question_id)).feedback is None
@@ -113,4 +111,4 @@ async def test_feedback_goes_with_a_deleted_session(client):
     assert (await client.delete("/api/v1/chat/session/s1")).status_code == 200
     assert await counts(client) == (0, 0)
     gone = await client.post(FEEDBACK.format(answer_id), json={"rating": "like"})
-    assert gone.status_code == 404
+    assert_envelope(gone, 404, "消息不存在")

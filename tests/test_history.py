@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from c_app.db.models import ChatSession, Memory, Message
 
-from .utils import chat_body, count, rows, upload_image
+from .utils import assert_envelope, chat_body, count, rows, upload_image
 
 HISTORY = "/api/v1/chat/session/{}/messages"
 
@@ -92,12 +92,9 @@ async def test_history_items_carry_answer_details(client):
 async def test_history_of_another_users_session_is_404(client):
     await talk(client, "s1", "你好", user_id="u1")
     response = await client.get(HISTORY.format("s1"), params={"user_id": "u2"})
-    assert response.status_code == 404
-    body = response.json()
-    assert body["success"] is False and body["error"]["message"] == "会话不存在"
+    assert_envelope(response, 404, "会话不存在")
     assert len((await history(client, "s1", user_id="u1"))["messages"]) == 2
-    missing = await client.get(HISTORY.format("nope"))
-    assert missing.status_code == 404 and missing.json()["error"]["message"] == "会话不存在"
+    assert_envelope(await client.get(HISTORY.format("nope")), 404, "会话不存在")
 
 
 async def test_history_bad_parameters_are_4xx(client):
@@ -113,8 +110,7 @@ async def test_history_bad_parameters_are_4xx(client):
         ({"limit": "many"}, 422, "请求参数格式错误"),
     ):
         response = await client.get(HISTORY.format("s1"), params=params)
-        assert response.status_code == status, (params, response.text)
-        assert response.json()["error"]["message"] == message
+        assert_envelope(response, status, message)
     assert len((await history(client, "s1", limit=200))["messages"]) == 2
 
 
@@ -146,10 +142,9 @@ async def test_rename_refusals_change_nothing(app, client):
         ({"title": "别人的"}, {"user_id": "u2"}, 404, "会话不存在"),
     ):
         response = await client.patch(f"/api/v1/chat/session/{sid}", json=body, params=params)
-        assert response.status_code == status, (body, response.text)
-        assert response.json()["error"]["message"] == message
+        assert_envelope(response, status, message)
     missing = await client.patch("/api/v1/chat/session/nope", json={"title": "x"})
-    assert missing.status_code == 404
+    assert_envelope(missing, 404, "会话不存在")
     assert [s.title for s in await rows(app, ChatSession)] == ["原标题"]
 
 
@@ -168,18 +163,16 @@ async def test_delete_removes_messages_but_keeps_memories(app, client):
     assert await count(app, ChatSession, ChatSession.id == "s1") == 0
     assert await count(app, Message, Message.session_id == "s2") == 2
     assert await count(app, Memory, Memory.owner_id == "u1") == memories_before
-    assert (await client.get("/api/v1/chat/session/s1")).status_code == 404
+    assert_envelope(await client.get("/api/v1/chat/session/s1"), 404, "会话不存在")
     assert [s["session_id"] for s in (await client.get("/api/v1/chat/sessions/u1")).json()] == ["s2"]
-    again = await client.delete("/api/v1/chat/session/s1")
-    assert again.status_code == 404 and again.json()["error"]["message"] == "会话不存在"
+    assert_envelope(await client.delete("/api/v1/chat/session/s1"), 404, "会话不存在")
 
 
 async def test_delete_another_users_session_is_404_and_keeps_it(app, client):
     await talk(client, "s1", "你好", user_id="u1")
     response = await client.delete("/api/v1/chat/session/s1", params={"user_id": "u2"})
-    assert response.status_code == 404
-    assert response.json()["error"]["message"] == "会话不存在"
+    assert_envelope(response, 404, "会话不存在")
     assert await count(app, ChatSession, ChatSession.id == "s1") == 1
     assert await count(app, Message, Message.session_id == "s1") == 2
     too_long = await client.delete("/api/v1/chat/session/" + "x" * 129)
-    assert too_long.status_code == 422
+    assert_envelope(too_long, 422, "请求参数格式错误", "ValidationError")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from c_app.db.models import Memory, Upload
 
-from .utils import count
+from .utils import assert_envelope, count, upload
 
 
 async def test_declared_oversized_json_body_is_refused(app, client):
@@ -13,8 +13,8 @@ async def test_declared_oversized_json_body_is_refused(app, client):
     response = await client.post(
         "/api/v1/chat/memory/add", content=body, headers={"content-type": "application/json"}
     )
-    assert response.status_code == 413
-    assert response.json()["error"] == {"code": 413, "message": "请求体过大", "type": "HTTPException"}
+    body = assert_envelope(response, 413, "请求体过大", "HTTPException")
+    assert body["error"] == {"code": 413, "message": "请求体过大", "type": "HTTPException"}
     assert await count(app, Memory) == before
 
 
@@ -30,16 +30,12 @@ async def test_chunked_oversized_body_is_refused_while_it_arrives(app, client):
     response = await client.post(
         "/api/v1/chat/memory/add", content=chunks(), headers={"content-type": "application/json"}
     )
-    assert response.status_code == 413
-    assert response.json()["error"]["message"] == "请求体过大"
+    assert_envelope(response, 413, "请求体过大")
 
 
 async def test_upload_body_over_the_file_limit_is_refused_unread(app, client):
-    files = {"file": ("a.png", b"x" * (12 * 1024 * 1024), "image/png")}
-    response = await client.post(
-        "/api/v1/chat/upload-image", files=files, data={"user_id": "u", "session_id": "s"}
-    )
-    assert response.status_code == 413
+    response = await upload(client, b"x" * (12 * 1024 * 1024), "a.png", user_id="u", session_id="s")
+    assert_envelope(response, 413)
     assert await count(app, Upload) == 0
 
 
@@ -47,4 +43,5 @@ async def test_invalid_content_length_is_refused(client):
     response = await client.post(
         "/api/v1/chat/memory/add", content=b"{}", headers={"content-type": "application/json", "content-length": "abc"}
     )
-    assert response.status_code in (400, 413)
+    assert response.status_code in (400, 413), response.text
+    assert_envelope(response, response.status_code)

@@ -6,7 +6,7 @@ import pytest
 
 from c_app.db.models import Memory
 
-from .utils import rows
+from .utils import assert_envelope, rows
 
 ADD = "/api/v1/chat/memory/add"
 RETRIEVE = "/api/v1/chat/memory/retrieve"
@@ -36,11 +36,7 @@ async def app_client(start_app):
 
 
 def assert_not_found(response) -> None:
-    assert response.status_code == 404
-    body = response.json()
-    assert (
-        body["success"] is False and body["error"]["message"] == "记忆不存在" and body["error"]["code"] == 404
-    )
+    assert_envelope(response, 404, "记忆不存在")
 
 
 async def test_list_is_paged_newest_first_and_per_user(client):
@@ -68,7 +64,7 @@ async def test_list_is_paged_newest_first_and_per_user(client):
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 101}, {"offset": -1}])
 async def test_list_refuses_bad_paging(client, params):
     response = await client.get(f"{PRIVATE}/u1", params=params)
-    assert response.status_code == 400 and response.json()["success"] is False
+    assert_envelope(response, 400)
 
 
 async def test_update_changes_what_search_finds(app, client):
@@ -97,9 +93,9 @@ async def test_update_changes_what_search_finds(app, client):
     )
 
     for body in ({}, {"content": "   "}):
-        response = await client.put(f"{PRIVATE}/u1/{memory_id}", json=body)
-        assert response.status_code == 400
-    assert (await client.put(f"{PRIVATE}/u1/{memory_id}", json={"content": ""})).status_code == 422
+        assert_envelope(await client.put(f"{PRIVATE}/u1/{memory_id}", json=body), 400)
+    empty = await client.put(f"{PRIVATE}/u1/{memory_id}", json={"content": ""})
+    assert_envelope(empty, 422, "请求参数格式错误", "ValidationError")
 
 
 async def test_delete_removes_the_memory_from_search(app, client):

@@ -13,18 +13,14 @@ import pytest
 
 from c_app.db.models import Memory, Message, Upload
 
-from .utils import chat_body, count, png_bytes
+from .utils import assert_envelope, chat_body, count, upload
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def assert_limited(response: Any) -> None:
-    assert response.status_code == 429, response.text
-    assert response.json()["error"] == {
-        "code": 429,
-        "message": "请求过于频繁，请稍后再试",
-        "type": "HTTPException",
-    }
+    assert_envelope(response, 429, "请求过于频繁，请稍后再试", "HTTPException")
+    assert "details" not in response.json()["error"]
     retry_after = int(response.headers["Retry-After"])
     assert 1 <= retry_after <= 60
 
@@ -60,10 +56,8 @@ async def test_address_limit_covers_many_users(start_app: Any, storage: dict[str
 
 async def test_upload_and_memory_limits(start_app: Any, storage: dict[str, Any]) -> None:
     app, client = await start_app(rate_limit_upload="1/minute", rate_limit_memory="1/minute", **storage)
-    files = {"file": ("p.png", png_bytes(), "image/png")}
-    form = {"user_id": "u1", "session_id": "s1"}
-    assert (await client.post("/api/v1/chat/upload-image", files=files, data=form)).status_code == 200
-    assert_limited(await client.post("/api/v1/chat/upload-image", files=files, data=form))
+    assert (await upload(client, user_id="u1", session_id="s1")).status_code == 200
+    assert_limited(await upload(client, user_id="u1", session_id="s1"))
     assert await count(app, Upload) == 1
     body = {"user_id": "u1", "content": "常用地址在上海"}
     assert (await client.post("/api/v1/chat/memory/add", json=body)).status_code == 200

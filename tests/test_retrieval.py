@@ -208,3 +208,66 @@ def test_partial_match_scores_between_unrelated_and_exact(shop: LexicalIndex) ->
     partial = dict(shop.search("发票")).get(4, 0.0)
     unrelated = max((s for _, s in shop.search("今天天气怎么样")), default=0.0)
     assert exact > partial > unrelated
+
+
+# ----------------------------------------------------------------------------- threads
+def test_deferred_writes_apply_in_order_before_the_next_read() -> None:
+    idx = LexicalIndex()
+    idx.upsert(1, ["怎么申请退款"])
+    idx.defer(2, (["如何修改收货地址"], ""))
+    idx.defer(1, None)  # a removal
+    idx.defer(3, (["怎么开具发票"], ""))
+    idx.defer(3, (["优惠券怎么使用"], ""))  # the later write wins
+    assert [doc for doc, _ in idx.search("修改收货地址")] == [2]
+    assert idx.search("申请退款") == []
+    assert [doc for doc, _ in idx.search("优惠券怎么使用")] == [3]
+    assert idx.search("开具发票") == []
+    assert sorted([1, 2, 3], key=lambda d: d in idx) == [1, 2, 3] and 1 not in idx and len(idx) == 2
+
+
+def test_concurrent_writers_and_searchers_leave_a_consistent_index() -> None:
+    # Writers and searchers in several threads on one index (as the app's worker threads are):
+    # nothing raises, and the end state is what the same writes give one after another.
+    import threading
+
+    shared = LexicalIndex()
+    errors: list[BaseException] = []
+
+    def writer(base: int) -> None:
+        try:
+            for i in range(300):
+                doc = base + i % 40
+                if i % 7 == 6:
+                    shared.remove(doc)
+                else:
+                    shared.upsert(doc, [_filler(doc + i)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def searcher() -> None:
+        try:
+            for i in range(300):
+                for doc, score in shared.search(_filler(i), 5):
+                    assert 0.0 <= score <= 1.0 and isinstance(doc, int)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(base,)) for base in (0, 1000, 2000)]
+    threads += [threading.Thread(target=searcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+    alone = LexicalIndex()
+    for base in (0, 1000, 2000):
+        for i in range(300):
+            doc = base + i % 40
+            if i % 7 == 6:
+                alone.remove(doc)
+            else:
+                alone.upsert(doc, [_filler(doc + i)])
+    assert len(shared) == len(alone)
+    for i in range(0, 3000, 37):
+        assert shared.search(_filler(i), 5) == alone.search(_filler(i), 5)

@@ -19,7 +19,7 @@ from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 
 from .security_utils import bearer, jwt_settings, token, websocket_handshake
-from .utils import chat_body, png_bytes
+from .utils import chat_body, png_bytes, uploaded
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -64,16 +64,9 @@ async def make_victim(client: httpx.AsyncClient) -> Victim:
         headers=auth,
     )
     assert memory.status_code == 200, memory.text
-    upload = await client.post(
-        "/api/v1/chat/upload-image",
-        files={"file": ("p.png", png_bytes(), "image/png")},
-        data={"user_id": VICTIM, "session_id": session_id},
-        headers=auth,
-    )
-    assert upload.status_code == 200, upload.text
+    name = (await uploaded(client, user_id=VICTIM, session_id=session_id, headers=auth))["filename"]
     history = await client.get(f"/api/v1/chat/session/{session_id}/messages", headers=auth)
     message_id = history.json()["messages"][-1]["id"] if history.status_code == 200 else 1
-    name = upload.json()["data"]["filename"]
     return Victim(
         values={
             "user_id": VICTIM,

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from .conftest import BACKEND
-from .utils import sse_data
+from .utils import jpeg_bytes, sse_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +78,7 @@ def server(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_seed_curl_examples(server: str, tmp_path: Path) -> None:
     port = server.rsplit(":", 1)[1]
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "image.jpg", "JPEG")
+    (tmp_path / "image.jpg").write_bytes(jpeg_bytes((64, 48), (200, 30, 30)))
 
     stream = subprocess.run(
         ["bash", "-c", SEED_STREAM.replace("localhost:8000", f"localhost:{port}") + " -sS"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import event
 
-from .utils import chat_body
+from .utils import assert_envelope, chat_body
 
 
 async def test_create_and_get(client):
@@ -29,8 +29,7 @@ async def test_default_title(client):
 
 async def test_missing_session_is_404(client):
     response = await client.get("/api/v1/chat/session/does-not-exist")
-    assert response.status_code == 404
-    assert response.json()["error"]["message"] == "会话不存在"
+    assert_envelope(response, 404, "会话不存在", "HTTPException")
 
 
 async def test_list_newest_activity_first_with_paging(client):
@@ -56,10 +55,10 @@ async def test_list_bounds(client):
         ({"offset": -1}, "偏移量不能为负数"),
     ):
         response = await client.get("/api/v1/chat/sessions/u1", params=params)
-        assert response.status_code == 400
-        assert response.json()["error"]["message"] == message
+        assert_envelope(response, 400, message)
     assert (await client.get("/api/v1/chat/sessions/u1", params={"limit": 100})).status_code == 200
-    assert (await client.get("/api/v1/chat/sessions/u1", params={"limit": "x"})).status_code == 422
+    invalid = await client.get("/api/v1/chat/sessions/u1", params={"limit": "x"})
+    assert_envelope(invalid, 422, "请求参数格式错误", "ValidationError")
 
 
 async def test_list_is_one_query_however_many_sessions(app, client):
@@ -70,7 +69,7 @@ async def test_list_is_one_query_however_many_sessions(app, client):
     def record(conn, cursor, statement, *args):
         statements.append(statement)
 
-    engine = app.state.db.engine.sync_engine
+    engine = app.state.services.db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         listed = (await client.get("/api/v1/chat/sessions/many", params={"limit": 100})).json()

@@ -93,6 +93,7 @@ def rate_limit(name: str) -> Any:
 
 UploadLimit = rate_limit("upload")
 MemoryWriteLimit = rate_limit("memory")
+RetrieveLimit = rate_limit("retrieve")
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 

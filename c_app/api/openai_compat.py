@@ -4,7 +4,11 @@ Any OpenAI client or chat UI can talk to the customer-service bot. The turn is t
 /api/v1/chat/stream (retrieval, memory, storage). Conversations are kept, not stateless:
 - the user is the request's `user` field (required);
 - the session is the `X-Session-Id` header, else `metadata.session_id`, else one standing
-  session per user (`openai-<user>`);
+  session per user (`openai-<user>`); every one of them is held to the id rules of the rest of the
+  API (schemas/customer.py `valid_id`: 1-128 characters, no control characters, no "/"), 422 if not;
+- ids travel in the `X-Session-Id` header (both ways) as they are when they are plain ASCII, else
+  as an RFC 8187 ext-value, `UTF-8''` + the UTF-8 bytes percent-encoded (header values are bytes
+  read as Latin-1, so a CJK id cannot be sent as it is, and CR/LF would split the response);
 - only the last user message of `messages` is the customer's new message; earlier turns come from
   the stored history of the session (what a client re-sends is not trusted or duplicated).
 """
@@ -12,17 +16,20 @@ Any OpenAI client or chat UI can talk to the customer-service bot. The turn is t
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..engines.prompt import estimate_tokens
 from ..errors import BadRequest
-from ..schemas.customer import ChatMessage
+from ..schemas.customer import ID_MAX, BoundedMetadata, ChatMessage, IdStr, valid_id
 from ..schemas.events import DeltaEvent, DoneEvent, ErrorEvent
 from .deps import ActorDep, ServicesDep
 from .streaming import EventStreamResponse
@@ -31,6 +38,56 @@ from .turns import open_turn
 router = APIRouter(prefix="/v1", tags=["OpenAI 兼容接口"])
 
 MODEL_ID = "c_app-customer-service"
+ID_RULE = f"会话ID须为 1-{ID_MAX} 个字符，不含控制字符和 /"
+
+# RFC 8187 ext-value: charset "UTF-8" (case-insensitive), an empty language, the bytes percent-encoded.
+ENCODED_PREFIX = "UTF-8''"
+_ATTR_CHARS = "!#$&+-.^_`|~"  # RFC 8187 attr-char besides letters and digits: left as they are
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# An encoded CJK id is up to 9 characters per character (3 UTF-8 bytes, each as %XX), 12 for 4 bytes.
+_HEADER_MAX = len(ENCODED_PREFIX) + ID_MAX * 12
+
+
+def _looks_encoded(value: str) -> bool:
+    return value[: len(ENCODED_PREFIX)].upper() == ENCODED_PREFIX.upper()
+
+
+def session_header(session_id: str) -> str:
+    """The `X-Session-Id` header value for a (valid) session id: the id itself when it is plain
+    ASCII (what it always was), else `UTF-8''` + its UTF-8 bytes percent-encoded. Also encoded: an
+    ASCII id that itself starts with `UTF-8''`, or has spaces at either end (HTTP trims them), so
+    the value always reads back unambiguously."""
+    if session_id.isascii() and not _looks_encoded(session_id) and session_id == session_id.strip(" \t"):
+        return session_id
+    return ENCODED_PREFIX + quote(session_id, safe=_ATTR_CHARS, encoding="utf-8")
+
+
+def _invalid(loc: tuple[str | int, ...], message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
+
+
+def _session_from_header(raw: str) -> str:
+    """The session id an `X-Session-Id` request header names (the encoding of `session_header`;
+    raw UTF-8 bytes, which arrive decoded as Latin-1, are read as UTF-8), or 422."""
+    loc = ("header", "x-session-id")
+    if _looks_encoded(raw):
+        encoded = raw[len(ENCODED_PREFIX) :]
+        if _BAD_PERCENT.search(encoded):
+            raise _invalid(loc, "会话ID的百分号编码无效")
+        try:
+            value = unquote(encoded, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise _invalid(loc, "会话ID的百分号编码无效") from None
+    elif raw.isascii():
+        value = raw
+    else:
+        try:
+            value = raw.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            value = raw  # Latin-1 text after all
+    if not valid_id(value):
+        raise _invalid(loc, ID_RULE)
+    return value
 
 
 class CompletionRequest(BaseModel):
@@ -39,16 +96,41 @@ class CompletionRequest(BaseModel):
     model: str = MODEL_ID
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=200)
     stream: bool = False
-    user: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] | None = None
+    user: IdStr | None = None
+    # Bounded as metadata everywhere else (5 levels, 50 keys, no NUL); `session_id` in it is an id.
+    metadata: BoundedMetadata = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _session_id_is_an_id(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        session_id = (metadata or {}).get("session_id")
+        # null or "" means "not given" (the default session), as it always did.
+        if session_id is None or session_id == "":
+            return metadata
+        if not isinstance(session_id, str):
+            raise ValueError("metadata.session_id 必须是字符串")  # noqa: TRY004 (pydantic wants ValueError)
+        if not valid_id(session_id):
+            raise ValueError(ID_RULE)
+        return metadata
 
 
 def _customer_message(messages: list[dict[str, Any]]) -> ChatMessage:
-    for message in reversed(messages):
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str | list) and content:
-                return ChatMessage(role="user", content=content)
+                try:
+                    return ChatMessage(role="user", content=content)
+                except ValidationError as exc:  # NUL, or parts nested too deep: the client's 422
+                    raise RequestValidationError(
+                        [
+                            {**err, "loc": ("body", "messages", index, *err.get("loc", ()))}
+                            for err in exc.errors(
+                                include_url=False, include_input=False, include_context=False
+                            )
+                        ]
+                    ) from None
             break
     raise BadRequest("messages 中缺少用户消息")
 
@@ -130,14 +212,22 @@ async def chat_completions(
     http_request: Request,
     services: ServicesDep,
     actor: ActorDep,
-    x_session_id: str | None = Header(default=None, max_length=128),
+    x_session_id: str | None = Header(
+        default=None,
+        max_length=_HEADER_MAX,
+        description="会话ID（1-128 个字符，不含控制字符和 /）；非 ASCII 的ID按 RFC 8187 写作 UTF-8''<百分号编码>",
+    ),
 ) -> JSONResponse | EventStreamResponse:
     """OpenAI 兼容的对话接口（支持 stream）；用户取自 `user`，会话取自 `X-Session-Id` 或 metadata。"""
     # With end-user tokens the token names the user; `user` may be left out.
     user_id = actor.act_for(request.user or actor.user_id or "")
-    session_id = x_session_id or str((request.metadata or {}).get("session_id") or "") or f"openai-{user_id}"
-    if len(session_id) > 128:
-        raise BadRequest("会话ID过长")
+    if x_session_id:
+        session_id = _session_from_header(x_session_id)
+    else:
+        # A string already checked by CompletionRequest, or nothing: the user's standing session.
+        session_id = (request.metadata or {}).get("session_id") or f"openai-{user_id}"
+        if len(session_id) > ID_MAX:
+            raise BadRequest("会话ID过长")
     message = _customer_message(request.messages)
     turn = await open_turn(http_request, actor, user_id=user_id, session_id=session_id, message=message)
     created = int(time.time())
@@ -169,7 +259,7 @@ async def chat_completions(
                 ],
                 "usage": _usage(turn.text, text, done.usage if done else None),
             },
-            headers={"X-Session-Id": session_id},
+            headers={"X-Session-Id": session_header(session_id)},
         )
 
     async def chunks() -> AsyncIterator[str]:
@@ -200,4 +290,4 @@ async def chat_completions(
                 yield chunk({}, "stop" if event.status != "interrupted" else "length", usage=usage)
         yield "data: [DONE]\n\n"
 
-    return EventStreamResponse(chunks(), headers={"X-Session-Id": session_id})
+    return EventStreamResponse(chunks(), headers={"X-Session-Id": session_header(session_id)})

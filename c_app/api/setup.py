@@ -1,4 +1,5 @@
-"""Wire security into an app: credentials checker, rate limits, headers, request ids, start-up warnings.
+"""Wire security into an app: credentials checker, rate limits, headers, request ids, log redaction,
+start-up warnings.
 
 The rules live in c_app/security (who may do what, how much, signatures); this is the HTTP wiring,
 so security/ never imports from api/.
@@ -17,6 +18,7 @@ from ..config import Settings
 from ..security.auth import Authenticator
 from ..security.rate_limit import RateLimits
 from ..security.startup import startup_warnings
+from .middleware.log_redaction import install_log_redaction
 from .middleware.request_id import RequestId
 from .middleware.security_headers import SecurityHeaders
 from .openapi import install_openapi
@@ -30,6 +32,9 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds)
     app.add_middleware(RequestId)
     install_openapi(app)  # errors documented as the envelope they are
+    # Whoever serves the app (run_server.py, `uvicorn c_app.main:app`, a factory), uvicorn's access log
+    # and WebSocket lines name paths with their query: keep `?token=` and `?sig=` values out of them.
+    install_log_redaction()
 
     inner = app.router.lifespan_context
 

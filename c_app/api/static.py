@@ -24,8 +24,10 @@ FILE_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"description": "未认证"},
     404: {"description": "文件不存在"},
 }
-Sig = Annotated[str | None, Query(max_length=64)]
-Exp = Annotated[str | None, Query(max_length=12)]
+# Not length-limited here: a malformed signature is a bad signature (the caller may still be the owner),
+# and security.signing.verify checks the exact shape.
+Sig = Annotated[str | None, Query(description="URL 签名（base64url）")]
+Exp = Annotated[str | None, Query(description="签名过期时间（Unix 秒）")]
 
 
 def _owner_for(request: Request, name: str, exp: str | None, sig: str | None) -> str | None:

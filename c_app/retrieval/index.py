@@ -11,6 +11,14 @@ Contract (``LexicalIndex``):
   only the terms that changed. Dead unit slots are reclaimed by a compaction once they are
   more than half of all slots.
 - ``search(query, limit)`` returns ``[(doc_id, score)]`` best first, score in [0, 1].
+- ``defer(doc_id, fields)`` queues an upsert (``fields`` = ``(questions, body)``) or a removal
+  (``None``) without doing any work: it is applied, in order, by ``settle()`` or the next call of
+  any of the methods above, so a caller on an event loop can leave the work to a worker thread and still
+  read its own writes.
+
+Threads. Every method may be called from several threads at once. The text analysis (the
+CPU-heavy part) runs outside the index's lock; the mutation, the merge of pending postings that a
+search starts with, and the scoring run under it.
 
 Scoring. Terms are jieba words, characters and character bigrams (``text.tokenize``), each kind
 with a global weight. IDF merges the index's own document frequencies with a general-Chinese
@@ -29,14 +37,30 @@ entry matches", comparable across indexes of any size (up to the IDF prior blend
 
 from __future__ import annotations
 
+import threading
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 from . import background
-from .text import BIGRAM, CHAR, WORD, normalize, tokenize
+from .text import BIGRAM, CHAR, MAX_TEXT_CHARS, WORD, normalize, tokenize
+
+Unit = tuple[dict[str, int], float]  # a unit's term counts and its weight
+Fields = tuple[list[str], str]  # what a doc is indexed on: its questions and its body
+
+
+def _counts(text: str) -> dict[str, int]:
+    return Counter(tokenize(normalize(text)))
+
+
+# Recent queries' terms: one customer question is searched in three indexes (private, chat and
+# the knowledge base) in a row. Small: a 2,000-character query has a few thousand terms.
+@lru_cache(maxsize=32)
+def _query_counts(query: str) -> tuple[tuple[str, int], ...]:
+    return tuple(_counts(query).items())
 
 
 @dataclass
@@ -93,6 +117,9 @@ class LexicalIndex:
         self._doc_slots: dict[int, list[int]] = {}
         self._n_live_units = 0
         self._total_dl = 0.0
+        # Not part of the index's state (kept by _compact): who may touch it, and writes queued for it.
+        self._lock = threading.Lock()
+        self._deferred: deque[tuple[int, Fields | None]] = deque()
 
     # ------------------------------------------------------------------ maintenance
     def __len__(self) -> int:
@@ -157,23 +184,56 @@ class LexicalIndex:
         self._total_dl += dl
         return slot
 
+    def _units(self, questions: list[str], body: str) -> list[Unit]:
+        """The analysed units of a doc (no state read or written: runs outside the lock)."""
+        units: list[Unit] = []
+        for q in questions:
+            counts = _counts(q)
+            if counts:
+                units.append((counts, 1.0))
+        if body and body.strip():
+            counts = _counts(body)
+            if counts:
+                # With no question at all (a free-form memory) the body is the only match target.
+                units.append((counts, self.params.body_weight if units else 1.0))
+        return units
+
+    def defer(self, doc_id: int, fields: Fields | None) -> None:
+        """Queue an upsert of ``fields`` (questions, body), or a removal (None); no work now."""
+        self._deferred.append((doc_id, fields))
+
+    def settle(self) -> None:
+        """Apply the deferred writes now."""
+        with self._lock:
+            self._apply_deferred()
+
+    def _apply_deferred(self) -> None:
+        # Under the lock. The analysis runs here too: the queue's order must hold.
+        while self._deferred:
+            doc_id, fields = self._deferred.popleft()
+            if fields is None:
+                self._remove(doc_id)
+            else:
+                self._upsert(doc_id, self._units(*fields))
+
     def upsert(self, doc_id: int, questions: list[str], body: str = "") -> None:
         """Index (or replace) ``doc_id``: each question is a primary unit, ``body`` a discounted one."""
-        self.remove(doc_id)
-        units: list[tuple[dict[str, int], float]] = []
-        for q in questions:
-            terms = tokenize(normalize(q))
-            if terms:
-                units.append((Counter(terms), 1.0))
-        if body and body.strip():
-            terms = tokenize(normalize(body))
-            if terms:
-                # With no question at all (a free-form memory) the body is the only match target.
-                units.append((Counter(terms), self.params.body_weight if units else 1.0))
+        units = self._units(questions, body)
+        with self._lock:
+            self._apply_deferred()
+            self._upsert(doc_id, units)
+
+    def _upsert(self, doc_id: int, units: list[Unit]) -> None:
+        self._remove(doc_id)
         self._doc_slots[doc_id] = [self._add_unit(doc_id, c, w) for c, w in units]
 
     def remove(self, doc_id: int) -> None:
         """Drop ``doc_id`` (no-op if absent); its postings are filtered out on the next search."""
+        with self._lock:
+            self._apply_deferred()
+            self._remove(doc_id)
+
+    def _remove(self, doc_id: int) -> None:
         slots = self._doc_slots.pop(doc_id, None)
         if slots is None:
             return
@@ -201,7 +261,9 @@ class LexicalIndex:
                 }
                 new_slots.append(fresh._add_unit(doc_id, counts, float(self._unit_w[slot])))
             fresh._doc_slots[doc_id] = new_slots
-        self.__dict__.update(fresh.__dict__)
+        state = dict(fresh.__dict__)
+        del state["_lock"], state["_deferred"]  # the lock held now, and writes queued meanwhile
+        self.__dict__.update(state)
 
     def _flush(self) -> None:
         """Merge pending postings into the packed per-term arrays; drop dead units from stale terms."""
@@ -246,28 +308,36 @@ class LexicalIndex:
 
     def query_terms(self, query: str) -> list[tuple[str, int, float, bool]]:
         """``(term, count, weighted idf, known to this index)`` of a query, for hit-testing views."""
+        counts = _query_counts(query[:MAX_TEXT_CHARS])  # normalize reads no further
         out = []
-        for term, c in Counter(tokenize(normalize(query))).items():
-            tid = self._term_ids.get(term)
-            df = float(self._df[tid]) if tid is not None else 0.0
-            w = self.params.kind_weight[term[0]] * float(self._idf(df, background.doc_prob(term)))
-            out.append((term, c, w, tid is not None and df > 0))
+        with self._lock:
+            self._apply_deferred()
+            for term, c in counts:
+                tid = self._term_ids.get(term)
+                df = float(self._df[tid]) if tid is not None else 0.0
+                w = self.params.kind_weight[term[0]] * float(self._idf(df, background.doc_prob(term)))
+                out.append((term, c, w, tid is not None and df > 0))
         return out
 
     def search(self, query: str, limit: int = 5) -> list[tuple[int, float]]:
         """Best ``limit`` docs for ``query`` as ``(doc_id, score)``, score in [0, 1], best first."""
-        if limit <= 0 or not self._doc_slots:
+        if limit <= 0 or not (self._doc_slots or self._deferred):
+            return []
+        counts = _query_counts(query[:MAX_TEXT_CHARS])  # normalize reads no further
+        with self._lock:
+            self._apply_deferred()
+            return self._search(counts, limit)
+
+    def _search(self, counts: tuple[tuple[str, int], ...], limit: int) -> list[tuple[int, float]]:
+        if not self._doc_slots or not counts:
             return []
         if self._pend_t or self._stale_terms:
             self._flush()
         p = self.params
-        counts = Counter(tokenize(normalize(query)))
-        if not counts:
-            return []
         known, known_c = [], []
         unk_w = 0.0  # kind weight x idf x count of terms this index has never seen
         unk_len = 0.0
-        for term, c in counts.items():
+        for term, c in counts:
             tid = self._term_ids.get(term)
             if tid is not None and self._p_slots[tid] is not None:
                 known.append(tid)

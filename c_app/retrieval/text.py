@@ -7,6 +7,9 @@ Contract:
   greetings / politeness fillers / sentence-final particles stripped (你好, 请问, 吗, 呢, 啊 ...),
   whitespace collapsed. It never returns an empty string for a non-blank input that had any
   letters or digits: if stripping fillers would leave nothing, the unstripped form is kept.
+  Only the first ``MAX_TEXT_CHARS`` characters are read, and the result is at most that long
+  (NFKC can turn one character into 18, so the input is cut before it and the output after).
+  Every step is linear in the length: no pattern can backtrack over a run it has already read.
 - ``tokenize(normalized)`` returns the index terms of a normalised text as a list (with
   repeats): jieba words of 2+ characters prefixed ``w``, single characters / alphanumeric runs
   prefixed ``c`` and adjacent-character bigrams prefixed ``b``. The prefixes keep the three
@@ -35,6 +38,7 @@ WORD, CHAR, BIGRAM = "w", "c", "b"
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
+_opencc_lock = threading.Lock()
 _jieba: Any = None
 _opencc: Any = None
 _cache_dir: Path | None = None
@@ -168,7 +172,7 @@ VARIANTS: dict[str, str] = {
 # fmt: on
 _VARIANT_RE = re.compile("|".join(sorted(map(re.escape, VARIANTS), key=len, reverse=True)))
 
-# Greetings / politeness openers stripped at the start of a text (repeatedly).
+# Greetings / politeness openers stripped at the start of a text (repeatedly; see _strip_leading).
 # fmt: off
 _LEADING_FILLERS = [
     "你好", "你们好", "hello", "hi", "哈喽", "嗨", "亲爱的", "亲", "在吗", "在不在", "喂",
@@ -180,17 +184,58 @@ _LEADING_FILLERS = [
 ]
 # fmt: on
 _LEADING_RE = re.compile(
-    r"^(?:" + "|".join(sorted(map(re.escape, _LEADING_FILLERS), key=len, reverse=True)) + r")[\s,.!?~、]*"
+    r"(?:" + "|".join(sorted(map(re.escape, _LEADING_FILLERS), key=len, reverse=True)) + r")[\s,.!?~、]*"
 )
 # Thanks / politeness anywhere.
 _ANYWHERE_RE = re.compile(r"谢谢你们|谢谢你|谢谢|多谢|谢了|感谢|请问")
 # Sentence-final / interjection particles: removed where they end a clause (before punctuation,
-# space or the end), so 吧台 / 吗啡 keep their characters. 额 is NOT here (额度).
-_PARTICLE_RE = re.compile(r"[吗嘛呢啊呀吧哦噢嗯啦哈哇呐咯哟喔]+(?=[\s,.!?~:;、\"'()\[\]]|$)")
-# List numbering / junk that customers paste in front: "1.", "12:", "#", "'", "%" ...
-_LEADING_JUNK_RE = re.compile(r"^(?:\s*\d{1,2}\s*[.、:)](?!\d)|[\s\W_])+")
-_TRAILING_JUNK_RE = re.compile(r"[\s\W_]+$")
+# space or the end), so 吧台 / 吗啡 keep their characters. 额 is NOT here (额度). A run is taken
+# whole or not at all: the lookbehind starts a match only at a run's first particle and the
+# possessive ``++`` never gives one back (a plain ``+`` retried every suffix of a long run that is
+# followed by a letter: quadratic).
+_PARTICLES = "吗嘛呢啊呀吧哦噢嗯啦哈哇呐咯哟喔"
+_PARTICLE_RE = re.compile(rf"(?<![{_PARTICLES}])[{_PARTICLES}]++(?=[\s,.!?~:;、\"'()\[\]]|$)")
+# List numbering / junk that customers paste in front: "1.", "12:", "#", "'", "%" ... One step
+# of it, matched at a position (see _strip_leading). No ``\s*`` before the number: a space is
+# junk on its own, and a run of spaces before something else would be rescanned from each space.
+_LEADING_JUNK_RE = re.compile(r"(?:\d{1,2}\s*[.、:)](?!\d)|[\s\W_])++")
 _WS_RE = re.compile(r"\s+")
+
+# Longest text analysed, in characters, before NFKC and after it: the longest query the API
+# accepts. Beyond it nothing is indexed or matched (a private memory may be 10,000 characters
+# long: its first 2,000 are what it is found by). Analysing 2,000 characters costs at most about
+# 0.15 s of CPU (jieba on 2,000 distinct characters), 10,000 about 0.8 s.
+MAX_TEXT_CHARS = 2_000
+# Texts up to this long are cached (queries and questions repeat; a long memory is read once).
+_CACHED_CHARS = 256
+
+
+def _is_junk(ch: str) -> bool:
+    # What ``[\s\W_]`` matches: not a letter or digit (whitespace never is), or "_".
+    return ch == "_" or not ch.isalnum()
+
+
+def _strip_trailing_junk(text: str) -> str:
+    # A loop from the end, not ``[\s\W_]+$``: the pattern was tried from every junk character of a
+    # long run that something else follows, reading the rest of the run each time (quadratic).
+    end = len(text)
+    while end and _is_junk(text[end - 1]):
+        end -= 1
+    return text[:end]
+
+
+def _strip_leading(text: str) -> str:
+    # Numbering, junk and greetings in front, repeatedly ("1. 你好，请问…"): matched at a moving
+    # position, so the text is copied once, not once per greeting.
+    pos = 0
+    while True:
+        start = pos
+        for pattern in (_LEADING_JUNK_RE, _LEADING_RE):
+            match = pattern.match(text, pos)
+            if match:
+                pos = match.end()
+        if pos == start:
+            return text[pos:]
 
 
 def _strip_controls(text: str) -> str:
@@ -199,31 +244,38 @@ def _strip_controls(text: str) -> str:
 
 
 def _strip_fillers(text: str) -> str:
-    prev = None
-    while prev != text:
-        prev = text
-        text = _LEADING_JUNK_RE.sub("", text)
-        text = _LEADING_RE.sub("", text)
+    text = _strip_leading(text)
     text = _ANYWHERE_RE.sub(" ", text)
     text = _PARTICLE_RE.sub("", text)
     # Trailing punctuation carries no meaning for matching ("退款？" is "退款").
-    return _TRAILING_JUNK_RE.sub("", text)
+    return _strip_trailing_junk(text)
 
 
-@lru_cache(maxsize=4096)  # repeated queries (and tests) skip OpenCC + regexes; small: strings only
 def normalize(text: str) -> str:
     """Canonical form of ``text`` for indexing and querying (see module docstring)."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKC", text)
+    text = text[:MAX_TEXT_CHARS]
+    return _normalize_cached(text) if len(text) <= _CACHED_CHARS else _normalize(text)
+
+
+def _normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)[:MAX_TEXT_CHARS]
     text = _strip_controls(text)
-    text = _get_opencc().convert(text)
+    with _opencc_lock:  # one conversion at a time: analysis runs in worker threads
+        text = _get_opencc().convert(text)
     text = text.lower()
-    text = _VARIANT_RE.sub(lambda m: VARIANTS[m.group(0)], text)
+    # Lower case and the variants can lengthen the text (咋 -> 怎么): bounded again; what follows
+    # only shortens it.
+    text = _VARIANT_RE.sub(lambda m: VARIANTS[m.group(0)], text)[:MAX_TEXT_CHARS]
     base = _WS_RE.sub(" ", text).strip()
     stripped = _WS_RE.sub(" ", _strip_fillers(base)).strip()
     # Keep something matchable: a text that was only a greeting ("你好") stays as it was.
     return stripped if _has_content(stripped) else base
+
+
+# Repeated queries (and tests) skip OpenCC and the patterns; small: short strings only.
+_normalize_cached = lru_cache(maxsize=4096)(_normalize)
 
 
 def _has_content(text: str) -> bool:
@@ -250,9 +302,37 @@ def char_units(text: str) -> list[list[str]]:
     return runs
 
 
+# What jieba segments as one block (its ``re_han_default``); text between blocks is split into
+# single characters, so cutting a text before a block changes nothing in its segmentation.
+_JIEBA_BLOCK_RE = re.compile(r"[\u4E00-\u9FD5a-zA-Z0-9+#&._%\-]+")
+# Longest piece given to jieba at once. Its HMM (finalseg.viterbi) copies the path so far at
+# every character of a run of unknown characters: quadratic in the run (8,000 x 吗: 3 s).
+_JIEBA_CHARS = 256
+
+
+def _jieba_pieces(text: str) -> list[str]:
+    """``text`` cut before jieba blocks into pieces of at most _JIEBA_CHARS characters; a block
+    longer than that alone (no punctuation or space in 256 characters) is cut inside."""
+    if len(text) <= _JIEBA_CHARS:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    for block in _JIEBA_BLOCK_RE.finditer(text):
+        if block.end() - start > _JIEBA_CHARS and block.start() > start:
+            pieces.append(text[start : block.start()])
+            start = block.start()
+        while block.end() - start > _JIEBA_CHARS:
+            pieces.append(text[start : start + _JIEBA_CHARS])
+            start += _JIEBA_CHARS
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
 def words(text: str) -> list[str]:
     """jieba words (precise mode) of a normalised text, punctuation/space dropped."""
-    return [w for w in get_jieba().lcut(text) if w.strip() and _has_content(w)]
+    jieba = get_jieba()
+    return [w for piece in _jieba_pieces(text) for w in jieba.lcut(piece) if w.strip() and _has_content(w)]
 
 
 def tokenize(normalized: str) -> list[str]:

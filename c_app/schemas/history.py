@@ -6,19 +6,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .customer import Text
+
 if TYPE_CHECKING:
     from ..db.models import Message
 
 
 class RenameRequest(BaseModel):
     # Generous bound here; the service trims and applies the real 1..200 limit with a Chinese message.
-    title: str = Field(max_length=2000)
+    # NUL is refused (422) as on session create: PostgreSQL cannot store it.
+    title: Text = Field(max_length=2000)
 
 
 class FeedbackRequest(BaseModel):
     # Required but nullable: an explicit null clears the rating.
     rating: Literal["like", "dislike"] | None
-    comment: str | None = Field(default=None, max_length=10_000)
+    comment: Text | None = Field(default=None, max_length=10_000)
 
 
 class Feedback(BaseModel):

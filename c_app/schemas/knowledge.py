@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .customer import BoundedMetadata, Text, bounded_json
 
 if TYPE_CHECKING:
     from ..db.models import Memory
@@ -17,7 +19,10 @@ CATEGORY_MAX = 100
 EXTERNAL_ID_MAX = 200
 TITLE_MAX = 500
 
-SimilarQuestion = Annotated[str, Field(max_length=QUESTION_MAX)]
+# Text fields refuse NUL and metadata is bounded (5 levels, 50 keys, no NUL) exactly as on the create
+# routes of the customer API: an update or an import row is held to the same rules as a create.
+SimilarQuestion = Annotated[Text, Field(max_length=QUESTION_MAX)]
+EntryMetadata = Annotated[dict[str, Any], AfterValidator(bounded_json)]
 
 
 class KnowledgeEntryIn(BaseModel):
@@ -25,13 +30,13 @@ class KnowledgeEntryIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    external_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
-    title: str = Field(default="", max_length=TITLE_MAX)
-    category: str = Field(default="", max_length=CATEGORY_MAX)
-    question: str = Field(default="", max_length=QUESTION_MAX)
+    external_id: Text | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
+    title: Text = Field(default="", max_length=TITLE_MAX)
+    category: Text = Field(default="", max_length=CATEGORY_MAX)
+    question: Text = Field(default="", max_length=QUESTION_MAX)
     similar_questions: list[SimilarQuestion] = Field(default_factory=list, max_length=SIMILAR_MAX_ITEMS)
-    answer: str = Field(max_length=ANSWER_MAX)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    answer: Text = Field(max_length=ANSWER_MAX)
+    metadata: EntryMetadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _required(self) -> KnowledgeEntryIn:
@@ -49,23 +54,25 @@ class KnowledgeEntryPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    external_id: str | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
-    title: str | None = Field(default=None, max_length=TITLE_MAX)
-    category: str | None = Field(default=None, max_length=CATEGORY_MAX)
-    question: str | None = Field(default=None, max_length=QUESTION_MAX)
+    external_id: Text | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
+    title: Text | None = Field(default=None, max_length=TITLE_MAX)
+    category: Text | None = Field(default=None, max_length=CATEGORY_MAX)
+    question: Text | None = Field(default=None, max_length=QUESTION_MAX)
     similar_questions: list[SimilarQuestion] | None = Field(default=None, max_length=SIMILAR_MAX_ITEMS)
-    answer: str | None = Field(default=None, max_length=ANSWER_MAX)
-    metadata: dict[str, Any] | None = None
+    answer: Text | None = Field(default=None, max_length=ANSWER_MAX)
+    metadata: BoundedMetadata = None
 
 
 class HitTestRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    query: Text = Field(min_length=1, max_length=2000)
     limit: int = Field(default=10, ge=1, le=100)
 
 
 class PrivateMemoryUpdate(BaseModel):
-    content: str | None = Field(default=None, min_length=1, max_length=10_000)
-    metadata: dict[str, Any] | None = None
+    """The fields of `MemoryAddRequest` a memory's owner may change, with the same validators."""
+
+    content: Text | None = Field(default=None, min_length=1, max_length=10_000)
+    metadata: BoundedMetadata = None
 
 
 # -- answers ------------------------------------------------------------------------------------
@@ -213,6 +220,8 @@ def describe_errors(exc: ValidationError) -> str:
             text = f"字段 {'.'.join(loc)} 类型错误"
         elif kind == "value_error":
             text = str(err.get("msg", "")).removeprefix("Value error, ")
+            if loc:  # a field's own rule (NUL, metadata bounds): say which field
+                text = f"字段 {'.'.join(loc)} {text}"
         else:
             text = f"字段 {'.'.join(loc) or '（整行）'} 无效"
         messages.append(text)

@@ -47,6 +47,8 @@ class Statistics(BaseModel):
     feedback_likes: int
     feedback_dislikes: int
     total_uploads: int
+    sensitive_hits: int  # listed sensitive words matched, in questions and answers (every occurrence)
+    blocked_messages: int  # customers' messages refused for a sensitive word
 
 
 class StatsResponse(BaseModel):

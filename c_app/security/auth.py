@@ -8,16 +8,24 @@ Refusals, the same for every route (documented in README "Security"):
 - no or bad credentials: 401 "缺少认证信息" / "认证信息无效或已过期", with `WWW-Authenticate: Bearer`;
 - a user id in the path, body or form that is not the caller's: 403 "无权访问该用户的数据";
 - a session, memory or upload of someone else: the not-found answer of that object (404), because
-  every read is scoped to the caller (`Actor.scope`), so whether it exists is never revealed.
+  every read is scoped to the caller (`Actor.scope`), so whether it exists is never revealed;
+- service-wide figures (/stats) once auth is on: only the ADMIN_TOKEN holder (`require_operator`),
+  403 "无权访问服务统计" for any other valid credential.
+
+WebSockets (`authenticate_websocket`): a handshake whose Origin is neither the app's own nor listed in
+CORS_ORIGINS is refused in every mode (browsers send an Origin; other clients send none and pass);
+a JWT's expiry is kept on the actor (`expires_at`), so the socket can close when it passes.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +42,8 @@ logger = logging.getLogger(__name__)
 MISSING = "缺少认证信息"
 INVALID = "认证信息无效或已过期"
 FOREIGN_USER = "无权访问该用户的数据"
+NOT_OPERATOR = "无权访问服务统计"
+FOREIGN_ORIGIN = "origin not allowed"
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 # WebSocket close code for a refused handshake (RFC 6455 "policy violation").
@@ -44,10 +54,15 @@ AuthMode = Literal["none", "api_key", "jwt"]
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who is calling. user_id None: a trusted caller (AUTH_MODE none or an API key) acting for any user."""
+    """Who is calling. user_id None: a trusted caller (AUTH_MODE none or an API key) acting for any user.
+    expires_at: when the credential stops being valid (epoch seconds, leeway included; None: never)."""
 
     user_id: str | None
     mode: AuthMode = "none"
+    expires_at: float | None = None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
 
     @property
     def scope(self) -> str | None:
@@ -88,6 +103,8 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.mode: AuthMode = settings.auth_mode
         self.api_keys = [key.get_secret_value().encode() for key in settings.api_keys]
+        self.admin_token = (settings.admin_token or "").encode()
+        self.origins = {_origin(origin) for origin in settings.cors_origins}
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway
@@ -124,9 +141,37 @@ class Authenticator:
             if not matched:
                 raise Unauthorized(INVALID, headers=CHALLENGE)
             return Actor(user_id=None, mode="api_key")
-        return Actor(user_id=self._jwt_subject(token), mode="jwt")
+        subject, expires = self._jwt_claims(token)
+        # The token stops being valid when PyJWT would stop accepting it: exp plus the leeway.
+        return Actor(user_id=subject, mode="jwt", expires_at=expires + self.leeway)
 
-    def _jwt_subject(self, token: str) -> str:
+    def require_operator(self, headers: Headers) -> None:
+        """Service-wide figures: anyone with AUTH_MODE=none (as the seed); with auth on, only
+        `Authorization: Bearer <ADMIN_TOKEN>`. No credential: 401; a bad one: 401; any other valid
+        one, an API key included: 403. An API key is a backend's credential for acting as customers,
+        not the operator's; the operator has ADMIN_TOKEN (the admin API is theirs too)."""
+        if self.mode == "none":
+            return
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        is_bearer = scheme.lower() == "bearer"
+        if self.admin_token and is_bearer and hmac.compare_digest(value.strip().encode(), self.admin_token):
+            return
+        self.authenticate(credential_from(headers))  # 401 when missing or wrong
+        raise Forbidden(NOT_OPERATOR)
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """A WebSocket handshake's Origin: absent (not a browser), the app's own (same host and port as
+        the Host header: the chat page), or listed in CORS_ORIGINS ("*" allows any)."""
+        if origin is None:
+            return True
+        given = _origin(origin)
+        if "*" in self.origins or given in self.origins:
+            return True
+        parts = urlsplit(given)
+        own = (host or "").strip().lower()
+        return bool(own) and parts.scheme in ("http", "https") and parts.netloc == own
+
+    def _jwt_claims(self, token: str) -> tuple[str, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -144,7 +189,12 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not valid_id(subject):
             raise Unauthorized(INVALID, headers=CHALLENGE)
-        return subject
+        return subject, float(claims["exp"])  # PyJWT checked that exp is a number
+
+
+def _origin(value: str) -> str:
+    """An origin as compared: trimmed, lower case, without a trailing slash."""
+    return value.strip().rstrip("/").lower()
 
 
 def credential_from(headers: Headers, query: QueryParams | None = None) -> str | None:
@@ -165,8 +215,12 @@ def credential_from(headers: Headers, query: QueryParams | None = None) -> str |
 
 async def authenticate_websocket(websocket: WebSocket) -> Actor:
     """The actor of a WebSocket handshake: `?token=` (browsers cannot set headers) or the Authorization /
-    X-API-Key header. Refuses with close code 1008 before the socket is accepted."""
+    X-API-Key header. Refuses with close code 1008 before the socket is accepted (the client sees 403):
+    a foreign Origin (cross-site WebSocket hijacking: browsers attach no CORS check to a handshake, so
+    without this any page could talk to the service as its visitor), then a missing or bad credential."""
     authenticator: Authenticator = websocket.app.state.authenticator
+    if not authenticator.origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host")):
+        raise WebSocketException(code=WS_POLICY_VIOLATION, reason=FOREIGN_ORIGIN)
     try:
         return authenticator.authenticate(credential_from(websocket.headers, websocket.query_params))
     except Unauthorized as exc:

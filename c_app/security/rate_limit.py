@@ -40,13 +40,14 @@ class Refusal:
 
 
 class RateLimits:
-    """The app's limits by name ("stream", "upload", "memory") and the storage that counts them."""
+    """The app's limits by name ("stream", "upload", "memory", "retrieve") and the storage that counts them."""
 
     def __init__(self, settings: Settings) -> None:
         self.items: dict[str, RateLimitItem | None] = {
             "stream": parse_limit(settings.rate_limit_stream),
             "upload": parse_limit(settings.rate_limit_upload),
             "memory": parse_limit(settings.rate_limit_memory),
+            "retrieve": parse_limit(settings.rate_limit_retrieve),
         }
         self.address_items = {
             name: type(item)(item.amount * settings.rate_limit_address_factor, item.multiples)

@@ -10,12 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 
 from ..config import Settings
 
 _PROCESS_SECRET = secrets.token_bytes(32)
+# What `sign` writes, and nothing else: ASCII digits only (str.isdigit() and int() also take "²", "١٢٣",
+# "１２３", signs, spaces and underscores), at most 12 of them; an unpadded base64url SHA-256 MAC.
+_EXP = re.compile(r"[0-9]{1,12}")
+_SIG = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -37,11 +42,14 @@ def sign(settings: Settings, name: str, *, now: float | None = None) -> tuple[in
 def verify(
     settings: Settings, name: str, exp: str | None, sig: str | None, *, now: float | None = None
 ) -> bool:
-    if not exp or not sig or not exp.isdigit() or len(exp) > 12 or len(sig) > 64:
+    """Whether `exp`/`sig` (straight from the query string) sign `name` and have not expired.
+    Anything malformed is simply not a valid signature."""
+    if exp is None or sig is None or not _EXP.fullmatch(exp) or not _SIG.fullmatch(sig):
         return False
-    if int(exp) < (now if now is not None else time.time()):
+    expires = int(exp)
+    if expires < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(_mac(signing_key(settings), name, int(exp)).encode(), sig.encode())
+    return hmac.compare_digest(_mac(signing_key(settings), name, expires).encode(), sig.encode())
 
 
 def upload_url(settings: Settings, name: str) -> str:

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -45,9 +45,13 @@ from ..schemas.events import (
     SourcesEvent,
     SuggestionsEvent,
 )
+from .customer_data import forget_if_erased
 from .memory_service import MemoryService
-from .session_service import SessionService
+from .session_service import SessionGone, SessionService
 from .upload_service import UploadService
+
+if TYPE_CHECKING:  # built by the container, used here through its methods only
+    from ..privacy.sensitive import SensitiveWords, WordList
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ def _upload_name(url: str) -> str:
 
 _DATA_URL = re.compile(r"^data:image/(?:png|jpeg|gif|webp|bmp);base64,[A-Za-z0-9+/=]+$")
 HISTORY_LIMIT = 20
+BLOCKED = "blocked"  # status of a customer's message refused for a sensitive word, and of the fixed reply
 FAILURE_MESSAGE = "处理聊天请求时发生错误，请稍后重试"
 _PART_TYPES = {"text", "image_url", "image"}
 
@@ -123,6 +128,8 @@ class Turn:
     text: str
     parts: list[dict[str, Any]] | None
     message_id: int
+    # Set when the message was blocked (sensitive word): `answer` streams this fixed reply instead.
+    reply: str | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +154,7 @@ class ChatService:
         engine: Engine,
         *,
         sends_images: bool = False,
+        sensitive: SensitiveWords | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -154,6 +162,7 @@ class ChatService:
         self.uploads = uploads
         self.engine = engine
         self.sends_images = sends_images
+        self.sensitive = sensitive  # None: no sensitive-word list configured, no checks
         # Turns being answered in this process, by session, so a stop request can end them.
         self._running: dict[str, set[asyncio.Event]] = {}
 
@@ -166,9 +175,37 @@ class ChatService:
         text, parts = normalise_content(message, self.settings)
         for url in image_urls(parts):
             await self._check_image(url, user_id)
+        listed = await self.sensitive.refresh() if self.sensitive is not None else None
+        scan = listed.scan(text) if listed is not None and text else None
+        if scan is not None and scan.hits:
+            # Blocked: stored as written (the operator's record of what was refused), kept out of the
+            # model's history and of memory by its status; the session title is masked.
+            await self.sessions.get_or_create(session_id, user_id, title=_title_from(scan.text))
+            row = await self.sessions.add_message(
+                session_id, user_id, role="user", content=text, parts=parts, status=BLOCKED
+            )
+            await self._moderated(session_id, user_id, row.id, "question", scan.hits, scan.words)
+            return Turn(user_id, session_id, text, parts, row.id, reply=self.settings.sensitive_reply)
         await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
         row = await self.sessions.add_message(session_id, user_id, role="user", content=text, parts=parts)
         return Turn(user_id, session_id, text, parts, row.id)
+
+    async def _moderated(
+        self,
+        session_id: str,
+        user_id: str,
+        message_id: int | None,
+        direction: str,
+        hits: int,
+        words: list[str],
+    ) -> None:
+        """Record a sensitive-word event (the listed words, never the text); never raises."""
+        try:
+            await self.sessions.record_moderation(
+                session_id, user_id, message_id=message_id, direction=direction, hits=hits, words=words
+            )
+        except Exception:
+            logger.exception("could not record a sensitive-word event (session %s)", session_id)
 
     async def _check_image(self, url: str, user_id: str) -> None:
         """An image part may name this user's own upload, carry a data URL, or come from an allowed host."""
@@ -189,9 +226,16 @@ class ChatService:
 
     async def answer(self, turn: Turn) -> AsyncIterator[ChatEvent]:
         """Produce the answer as events, store it when the turn ends, and end with `done`."""
+        if turn.reply is not None:
+            async for reply_event in self._fixed_reply(turn, turn.reply):
+                yield reply_event
+            return
         started = time.monotonic()
         result = _Answer(engine=self.engine.name)
         finished_as = "complete"
+        # The answer is checked as it streams: held back at most by the longest listed word (less one).
+        listed = self.sensitive.current if self.sensitive is not None else None
+        censor = listed.censor() if listed is not None else None
         try:
             hits = await self._search(turn.user_id, turn.text) if turn.text else []
             context = TurnContext(
@@ -212,24 +256,35 @@ class ChatService:
                         finished_as = event.status or finished_as
                         result.usage = event.usage or result.usage
                     elif isinstance(event, Delta):
-                        if event.text:
-                            result.text.append(event.text)
-                            yield DeltaEvent(text=event.text)
+                        text = censor.feed(event.text) if censor is not None else event.text
+                        if text:
+                            result.text.append(text)
+                            yield DeltaEvent(text=text)
                     elif isinstance(event, Sources):
-                        result.sources = [MemoryItem.from_hit(hit).wire() for hit in event.hits]
+                        result.sources = [
+                            _masked(MemoryItem.from_hit(hit).wire(), listed) for hit in event.hits
+                        ]
                         yield SourcesEvent(sources=result.sources)
                     elif isinstance(event, Handoff):
                         result.handoff = True
                         yield HandoffEvent(message=event.message)
             finally:
                 self._unregister(turn.session_id, stop)
+            if censor is not None and (tail := censor.flush()):
+                result.text.append(tail)
+                yield DeltaEvent(text=tail)
             result.status = "interrupted" if stop.is_set() else finished_as
             if result.status != "interrupted":
                 questions = suggestions(hits, used=result.sources, asked=turn.text)
+                if listed is not None:  # a suggested question with a listed word would be blocked
+                    questions = [q for q in questions if not listed.scan(q).hits]
                 if questions:
                     yield SuggestionsEvent(questions=questions)
         except Exception:
             logger.exception("chat turn failed (session %s)", turn.session_id)
+            if censor is not None and (tail := censor.flush()):
+                result.text.append(tail)
+                yield DeltaEvent(text=tail)
             result.status = "partial" if result.text else "failed"
             yield ErrorEvent(message=FAILURE_MESSAGE)
         finally:
@@ -237,7 +292,20 @@ class ChatService:
             # write so a cancelled request still records what was said.
             with anyio.CancelScope(shield=True):
                 message_id = await self._store(turn, result, latency_ms=int((time.monotonic() - started) * 1000))
+                if censor is not None and censor.hits:
+                    await self._moderated(
+                        turn.session_id, turn.user_id, message_id, "answer", censor.hits, censor.matched_words
+                    )
         yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status, usage=result.usage)
+
+    async def _fixed_reply(self, turn: Turn, reply: str) -> AsyncIterator[ChatEvent]:
+        """A blocked message's answer: the fixed reply, stored as the assistant's message; no
+        retrieval, no engine."""
+        result = _Answer(engine="moderation", text=[reply], status=BLOCKED)
+        with anyio.CancelScope(shield=True):  # stored first: the record holds even if the client leaves
+            message_id = await self._store(turn, result, latency_ms=0)
+        yield DeltaEvent(text=reply)
+        yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
 
     async def _search(self, user_id: str, query: str) -> list[Hit]:
         return await self.memory.search(user_id, query, limit=RETRIEVE_LIMIT)
@@ -248,7 +316,12 @@ class ChatService:
 
     async def _history(self, turn: Turn) -> list[HistoryItem]:
         rows = await self.sessions.recent_messages(turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1)
-        return [HistoryItem(row.role, row.content) for row in rows if row.id != turn.message_id]
+        # A blocked message and its fixed reply never reach the model.
+        return [
+            HistoryItem(row.role, row.content)
+            for row in rows
+            if row.id != turn.message_id and row.status != BLOCKED
+        ]
 
     async def _images_for_model(self, turn: Turn) -> list[str]:
         """The turn's images as the model should receive them: our uploads become data URLs."""
@@ -282,6 +355,10 @@ class ChatService:
                 latency_ms=latency_ms,
                 handoff=result.handoff,
             )
+        except SessionGone:
+            # Deleted, or the customer erased, while the answer streamed: nothing of it is kept.
+            logger.info("answer not stored: its session is gone (session %s)", turn.session_id)
+            return None
         except Exception:
             logger.exception("could not store the answer (session %s)", turn.session_id)
             return None
@@ -290,6 +367,8 @@ class ChatService:
                 await self.memory.add_exchange(
                     turn.user_id, turn.text, text, turn.session_id, grounded=bool(result.sources)
                 )
+                # An erasure between storing the answer and remembering it: forget it again.
+                await forget_if_erased(self.memory.sync, turn.user_id, turn.session_id)
             except Exception:
                 # The answer is stored: its id still reaches the client.
                 logger.exception("could not remember the exchange (session %s)", turn.session_id)
@@ -351,6 +430,17 @@ async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncI
             step.cancel()
             with contextlib.suppress(BaseException):
                 await step
+
+
+def _masked(item: dict[str, Any], listed: WordList | None) -> dict[str, Any]:
+    """A source as the client sees it: its texts with listed words masked (not counted as hits:
+    the answer quoting them is)."""
+    if listed is None:
+        return item
+    for key in ("content", "title", "question"):
+        if isinstance(item.get(key), str):
+            item[key] = listed.scan(item[key]).text
+    return item
 
 
 def _title_from(text: str) -> str:

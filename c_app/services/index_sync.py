@@ -9,6 +9,15 @@ this process sees its own writes at once; every process follows the append-only 
 log (at most every `index_refresh_interval` seconds), so another replica's write is searchable
 here within a second. Sequence numbers skipped over (a transaction still committing) are waited
 for a while; this process's own log entries are skipped when read back.
+
+Off the event loop. Analysing text (OpenCC, jieba) and scoring are CPU work: every index build,
+write and search runs in a worker thread, at most INDEX_THREADS at once (a CapacityLimiter), so
+one long text cannot hold up every other request. A write the event loop reports (`applied`,
+the change log) is only queued on its index (`LexicalIndex.defer`): the next search of that
+index applies it first, in its thread, so a write is still seen by the next read; `apply` also
+waits for the work (a worker thread does it), so a writer's work is paid by the writer and bulk
+writes cannot pile up. Each index has its own lock (in `LexicalIndex`): the text analysis runs
+outside it, so threads only wait for one another over the same index's postings and scoring.
 """
 
 from __future__ import annotations
@@ -17,10 +26,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
+import anyio
+import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..config import Settings
@@ -29,12 +40,20 @@ from ..db.engine import Database
 from ..db.memories import PUBLIC
 from ..db.models import Memory
 from ..retrieval import LexicalIndex, analyze
+from ..retrieval.index import Fields
 from .dense_search import DenseSearch
 
 logger = logging.getLogger(__name__)
 
 _LOAD_BATCH = 5000
 _GAP_TTL = 10.0  # seconds a missing change sequence number is waited for (a transaction still committing)
+# Worker threads doing index work at once. Tokenising is pure Python and holds the GIL, which the
+# event loop needs too: each busy worker takes a share of it (CPython hands it over every 5 ms),
+# so more workers would only slow the loop down. Two let numpy's scoring (which releases the GIL)
+# overlap another request's tokenising on a two-core machine. /health's probe has its own one.
+INDEX_THREADS = 2
+
+T = TypeVar("T")
 
 
 def index_fields(memory: Memory) -> tuple[list[str], str]:
@@ -49,6 +68,26 @@ def index_fields(memory: Memory) -> tuple[list[str], str]:
     if memory.question:
         return [memory.question, *[q for q in memory.similar_questions if q]], memory.title
     return [memory.content], memory.title
+
+
+def _upsert_all(index: LexicalIndex, docs: list[tuple[int, Fields]]) -> None:
+    for doc_id, fields in docs:
+        index.upsert(doc_id, *fields)
+
+
+class _Ranked:
+    """What `DenseSearch.search` reads of the lexical index, with the ranking computed beforehand
+    in a worker thread: the ranking, and which docs the index holds."""
+
+    def __init__(self, index: LexicalIndex, ranked: list[tuple[int, float]]) -> None:
+        self.index = index
+        self.ranked = ranked
+
+    def search(self, query: str, limit: int = 5) -> list[tuple[int, float]]:
+        return self.ranked[:limit]
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self.index
 
 
 async def iter_scope(db: Database, *, scope: str, owner_id: str, batch: int = 1000) -> AsyncIterator[list[Memory]]:
@@ -74,12 +113,20 @@ class IndexSync:
         # Kept current only once `start` has loaded it (a one-shot CLI import has no use for it).
         self._public_loaded = False
         self._user_indexes: OrderedDict[tuple[str, str], LexicalIndex] = OrderedDict()
+        # Users' indexes being built: the writes reported meanwhile, one list per build.
+        self._building: dict[tuple[str, str], list[list[tuple[int, Fields | None]]]] = {}
         self._last_seq = 0
         self._gaps: dict[int, float] = {}
         # Change-log entries this process wrote itself (and indexed at once): skipped when read back.
         self._own_seqs: set[int] = set()
         self._last_poll = 0.0
         self._refresh_lock = asyncio.Lock()
+        self._limiter = anyio.CapacityLimiter(INDEX_THREADS)
+        self._probe_limiter = anyio.CapacityLimiter(1)
+
+    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker thread, at most INDEX_THREADS at once."""
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._limiter)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -88,9 +135,7 @@ class IndexSync:
         async with self.db.read() as session:
             self._last_seq = await repo.last_change(session)
         async for rows in iter_scope(self.db, scope=PUBLIC, owner_id="", batch=_LOAD_BATCH):
-            for row in rows:
-                self.public_index.upsert(row.id, *index_fields(row))
-            await asyncio.sleep(0)
+            await self._off_loop(_upsert_all, self.public_index, [(row.id, index_fields(row)) for row in rows])
         self._last_poll = time.monotonic()
         self._public_loaded = True
         logger.info("public index loaded: %d entries", len(self.public_index))
@@ -112,18 +157,34 @@ class IndexSync:
         self._own_seqs.update(repo.own_change_seqs(session))
 
     def applied(self, rows: Iterable[Memory], removed: Iterable[Memory] = ()) -> None:
-        """Reflect this process's own committed writes at once (read-your-writes)."""
-        rows, removed = list(rows), list(removed)
-        for row in rows:
-            index = self._loaded(row.scope, row.owner_id)
+        """Reflect this process's own committed writes (read-your-writes): queued on their indexes,
+        applied by the next search of each, in a worker thread (see the module docstring)."""
+        self._queue(list(rows), list(removed))
+
+    async def apply(self, rows: Iterable[Memory], removed: Iterable[Memory] = ()) -> None:
+        """`applied`, and wait while a worker thread applies the writes to their indexes."""
+        for index in self._queue(list(rows), list(removed)):
+            await self._off_loop(index.settle)
+
+    def _queue(self, rows: list[Memory], removed: list[Memory]) -> list[LexicalIndex]:
+        touched: dict[int, LexicalIndex] = {}
+        for row, fields in [*[(row, index_fields(row)) for row in rows], *[(row, None) for row in removed]]:
+            index = self._deliver(row.scope, row.owner_id, row.id, fields)
             if index is not None:
-                index.upsert(row.id, *index_fields(row))
-        for row in removed:
-            index = self._loaded(row.scope, row.owner_id)
-            if index is not None:
-                index.remove(row.id)
+                touched[id(index)] = index
         if self.dense is not None and self._public_loaded:
             self.dense.schedule(rows, removed)
+        return list(touched.values())
+
+    def _deliver(self, scope: str, owner_id: str, doc_id: int, fields: Fields | None) -> LexicalIndex | None:
+        """Queue a write (fields None: a removal) on the loaded index it belongs to, and on any of
+        that user's indexes still being built; the loaded index, if any."""
+        for missed in self._building.get((scope, owner_id), ()):
+            missed.append((doc_id, fields))
+        index = self._loaded(scope, owner_id)
+        if index is not None:
+            index.defer(doc_id, fields)
+        return index
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -141,29 +202,51 @@ class IndexSync:
         """The knowledge base's ranking: lexical, fused with dense vectors when they are configured
         (call `refresh` first to see other replicas' writes)."""
         if self.dense is not None:
-            return await self.dense.search(self.public_index, query, limit)
-        return self.public_index.search(query, limit)
+            # DenseSearch.search asks the lexical index for this many (its pool) and fuses them.
+            ranked = await self._off_loop(self.public_index.search, query, max(limit * 4, 20))
+            return await self.dense.search(cast(LexicalIndex, _Ranked(self.public_index, ranked)), query, limit)
+        return await self._off_loop(self.public_index.search, query, limit)
 
     async def user_hits(self, scope: str, owner_id: str, query: str, limit: int) -> list[tuple[int, float]]:
         """One user's ranking in the private or chat scope (the index is built on first use)."""
-        index = self._loaded(scope, owner_id)
-        if index is None:
-            index = LexicalIndex()
+        index = self._loaded(scope, owner_id) or await self._build(scope, owner_id)
+        return await self._off_loop(index.search, query, limit)
+
+    async def _build(self, scope: str, owner_id: str) -> LexicalIndex:
+        """A user's index from the database, then kept in the LRU cache. The rows are read in
+        batches while other requests run: a write reported meanwhile is recorded and queued on
+        the new index at the end (after every row read, so the newest version wins)."""
+        key = (scope, owner_id)
+        index = LexicalIndex()
+        missed: list[tuple[int, Fields | None]] = []
+        self._building.setdefault(key, []).append(missed)
+        try:
             async for rows in iter_scope(self.db, scope=scope, owner_id=owner_id):
-                for row in rows:
-                    index.upsert(row.id, *index_fields(row))
-            self._user_indexes[(scope, owner_id)] = index
-            while len(self._user_indexes) > self.settings.user_index_cache_size:
-                self._user_indexes.popitem(last=False)
-        return index.search(query, limit)
+                await self._off_loop(_upsert_all, index, [(row.id, index_fields(row)) for row in rows])
+        finally:
+            others = [m for m in self._building[key] if m is not missed]
+            if others:
+                self._building[key] = others
+            else:
+                del self._building[key]
+        for doc_id, fields in missed:
+            index.defer(doc_id, fields)
+        self._user_indexes[key] = index
+        while len(self._user_indexes) > self.settings.user_index_cache_size:
+            self._user_indexes.popitem(last=False)
+        return index
 
     def explain(self, query: str) -> dict[str, Any]:
-        """How the knowledge-base index reads a query: its normalised form and weighted terms."""
+        """How the knowledge-base index reads a query: its normalised form and weighted terms.
+
+        On the caller's thread (an admin's hit test): the query is analysed up to
+        `MAX_TEXT_CHARS` only, and in linear time."""
         return analyze(query, self.public_index)
 
     async def probe(self) -> None:
-        """Health check: the index answers and the memory table is readable."""
-        self.public_index.search("健康检查", 1)
+        """Health check: the index answers and the memory table is readable. In its own worker
+        thread, so a queue of searches waiting for INDEX_THREADS does not hold /health up."""
+        await anyio.to_thread.run_sync(self.public_index.search, "健康检查", 1, limiter=self._probe_limiter)
         async with self.db.read() as session:
             await repo.count(session, scope=PUBLIC)
 
@@ -203,13 +286,8 @@ class IndexSync:
                 self._gaps[seq] = now
         self._last_seq = max(self._last_seq, top)
         for change in foreign:
-            index = self._loaded(change.scope, change.owner_id)
-            if index is None:
-                continue
             row = rows.get(change.memory_id)
-            if row is None:
-                index.remove(change.memory_id)
-            else:
-                index.upsert(row.id, *index_fields(row))
+            # Queued: the search this refresh comes before applies it, in its worker thread.
+            self._deliver(change.scope, change.owner_id, change.memory_id, None if row is None else index_fields(row))
         if self.dense is not None and self._public_loaded:
             self.dense.schedule_ids(c.memory_id for c in foreign if c.scope == PUBLIC)

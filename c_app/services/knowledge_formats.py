@@ -14,6 +14,14 @@ is too long is cut between sentences), each chunk an entry titled by its heading
 metadata {"document", "position", "heading"}. So a FAQ file gives one entry per question, a
 policy document gives chunks, and a mixed file gives both. Every Markdown entry's external_id is
 "<document>#<position>", so importing the same file again updates rather than duplicates.
+
+CSV. A cell a spreadsheet would read as a formula (it starts with =, +, -, @, a tab or a carriage
+return) is written with a single quote in front (OWASP's advice against CSV injection), and so is
+a cell that starts with a quote; on import a quote followed by one of those is taken off again,
+so export -> import gives back the same entries (and '=x typed in a spreadsheet means =x there too).
+
+Every parser is linear in the size of its input (no pattern here can backtrack over a run twice);
+they are CPU work all the same: the knowledge service runs them in a worker thread.
 """
 
 from __future__ import annotations
@@ -83,6 +91,21 @@ def parse_jsonl(text: str) -> Iterator[RawRow]:
 # -- CSV -----------------------------------------------------------------------------------------
 
 
+# A cell starting with one of these is a formula to a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPED_START = (*_FORMULA_START, "'")
+
+
+def escape_cell(value: str) -> str:
+    """`value` as a CSV cell no spreadsheet runs as a formula: a quote in front when needed."""
+    return "'" + value if value.startswith(_ESCAPED_START) else value
+
+
+def unescape_cell(cell: str) -> str:
+    """The value `escape_cell` wrote as `cell` (a cell it left alone comes back as it is)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_ESCAPED_START) else cell
+
+
 def _similar_cell(cell: str) -> Any:
     cell = cell.strip()
     if cell.startswith("["):  # written as JSON when a question itself holds "|"
@@ -115,7 +138,9 @@ def parse_csv(text: str) -> Iterator[RawRow]:
         if len(cells) > len(header):
             yield RawRow(start, error=f"列数（{len(cells)}）多于表头（{len(header)}）")
             continue
-        data: dict[str, Any] = {name: cell for name, cell in zip(header, cells, strict=False) if cell != ""}
+        data: dict[str, Any] = {
+            name: unescape_cell(cell) for name, cell in zip(header, cells, strict=False) if cell != ""
+        }
         try:
             if "similar_questions" in data:
                 data["similar_questions"] = _similar_cell(data["similar_questions"])
@@ -129,7 +154,6 @@ def parse_csv(text: str) -> Iterator[RawRow]:
 
 # -- Markdown ------------------------------------------------------------------------------------
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LABEL = re.compile(
     r"^(?:\d+[.、)]\s*|[一二三四五六七八九十]+、\s*|(?:q\d*|问题?)\s*[:：.]\s*)", re.IGNORECASE
@@ -158,15 +182,32 @@ def question_text(heading: str) -> str | None:
     return None
 
 
+def parse_heading(line: str) -> tuple[int, str] | None:
+    """An ATX heading's level and text, or None: 1-6 "#", whitespace, the text, then any closing
+    "#"s and whitespace (what ``^(#{1,6})\\s+(.+?)\\s*#*\\s*$`` matches, its text stripped).
+
+    String operations, not that pattern: its lazy text followed by two ``\\s*`` around ``#*`` tried
+    every split of a long run of spaces (cubic: "# a" + 1,500 spaces + "x" took 6 s)."""
+    rest = line.lstrip("#")
+    level = len(line) - len(rest)
+    if not 1 <= level <= 6 or not rest[:1].isspace():
+        return None
+    text = rest.lstrip()
+    if not text:  # only whitespace: the text is one whitespace character (so there must be two)
+        return (level, "") if len(rest) >= 2 else None
+    # The closing sequence is taken off; a text that is all "#"s keeps its first character.
+    return level, text.rstrip().rstrip("#").rstrip() or text[0]
+
+
 def _sections(text: str) -> list[_Section]:
     sections = [_Section(0, "", 1, [])]
     fenced = False
     for number, line in enumerate(text.splitlines(), 1):
         if _FENCE.match(line):
             fenced = not fenced
-        match = None if fenced else _HEADING.match(line)
-        if match:
-            sections.append(_Section(len(match.group(1)), match.group(2).strip(), number, []))
+        found = None if fenced else parse_heading(line)
+        if found:
+            sections.append(_Section(found[0], found[1], number, []))
         else:
             sections[-1].body.append(line)
     return sections
@@ -177,12 +218,16 @@ def _cut_long(paragraph: str, limit: int) -> list[str]:
     pieces: list[str] = []
     current = ""
     for sentence in _SENTENCE.findall(paragraph):
-        while len(sentence) > limit:
+        # Cut by position: slicing the rest off each time copied a long sentence once per piece.
+        start = 0
+        while len(sentence) - start > limit:
             pieces.extend([current] if current else [])
             current = ""
-            cut = max(sentence.rfind("，", 0, limit), sentence.rfind(",", 0, limit)) + 1 or limit
-            pieces.append(sentence[:cut])
-            sentence = sentence[cut:]
+            end = start + limit
+            cut = max(sentence.rfind("，", start, end), sentence.rfind(",", start, end)) + 1 or end
+            pieces.append(sentence[start:cut])
+            start = cut
+        sentence = sentence[start:]
         if current and len(current) + len(sentence) > limit:
             pieces.append(current)
             current = ""
@@ -305,7 +350,7 @@ def csv_lines(rows: Iterable[Memory]) -> str:
         )
         item["metadata"] = json.dumps(item["metadata"], ensure_ascii=False) if item["metadata"] else ""
         item["external_id"] = item["external_id"] or ""
-        out.append([item[column] for column in CSV_COLUMNS])
+        out.append([escape_cell(v) if isinstance(v := item[column], str) else v for column in CSV_COLUMNS])
     return _csv_text(out)
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
+import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -115,6 +117,9 @@ class KnowledgeService:
         self.db = sync.db
         self.settings = settings
         self.answer_threshold = answer_threshold(settings)
+        # Reading an import file (decode, parse, validate) is CPU work in proportion to the file:
+        # in a worker thread, one import at a time (see IndexSync on threads and the GIL).
+        self._import_limiter = anyio.CapacityLimiter(1)
 
     # -- single entries -------------------------------------------------------------------------
 
@@ -223,7 +228,7 @@ class KnowledgeService:
             created = await repo.add_many(db, new, scope=PUBLIC, owner_id="") if new else []
             if updated:
                 await repo.touch_many(db, list(updated.values()))
-        self.sync.applied([*created, *updated.values()])
+        await self.sync.apply([*created, *updated.values()])
         return len(created), len(updated) + repeats
 
     async def prune(self, external_prefix: str, keep: set[str]) -> int:
@@ -234,7 +239,7 @@ class KnowledgeService:
             stale = [row for row in rows if row.external_id not in keep]
             for row in stale:
                 await repo.remove(db, row)
-        self.sync.applied([], stale)
+        await self.sync.apply([], stale)
         return len(stale)
 
     # -- import ---------------------------------------------------------------------------------
@@ -262,16 +267,18 @@ class KnowledgeService:
     ) -> ImportReport:
         """Import a file's content. fmt None: from the file name's extension."""
         fmt = self.resolve_format(fmt, filename)
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise BadRequest("文件不是 UTF-8 编码") from exc
         document = posixpath.basename((filename or "").replace("\\", "/")) or "document.md"
+
+        def rows() -> Iterator[formats.RawRow]:
+            # Decoded and parsed as import_rows reads it, in its worker thread.
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise BadRequest("文件不是 UTF-8 编码") from exc
+            yield from formats.parse(text, fmt, document=document)
+
         return await self.import_rows(
-            formats.parse(text, fmt, document=document),
-            strict=strict,
-            progress=progress,
-            document=document if fmt == "markdown" else None,
+            rows(), strict=strict, progress=progress, document=document if fmt == "markdown" else None
         )
 
     @staticmethod
@@ -293,24 +300,30 @@ class KnowledgeService:
         progress: Callable[[int, int], None] | None = None,
         document: str | None = None,
     ) -> ImportReport:
-        """Validate every row, then write the valid ones in batches (none at all if strict and any is bad)."""
+        """Validate every row, then write the valid ones in batches (none at all if strict and any is bad).
+
+        The rows are read and validated in a worker thread (`rows` may be a parser's generator)."""
         started = time.perf_counter()
         report = ImportReport()
         entries: list[dict[str, Any]] = []
         seen_external: set[str] = set()
-        for raw in rows:
-            if raw.data and isinstance(raw.data.get("external_id"), str):
-                seen_external.add(raw.data["external_id"])
-            error = raw.error
-            if error is None:
-                try:
-                    entries.append(KnowledgeEntryIn.model_validate(raw.data).model_dump())
-                except ValidationError as exc:
-                    error = describe_errors(exc)
-            if error is not None:
-                report.failed += 1
-                if len(report.errors) < _MAX_ERRORS:
-                    report.errors.append({"line": raw.line, "error": error})
+
+        def validate() -> None:
+            for raw in rows:
+                if raw.data and isinstance(raw.data.get("external_id"), str):
+                    seen_external.add(raw.data["external_id"])
+                error = raw.error
+                if error is None:
+                    try:
+                        entries.append(KnowledgeEntryIn.model_validate(raw.data).model_dump())
+                    except ValidationError as exc:
+                        error = describe_errors(exc)
+                if error is not None:
+                    report.failed += 1
+                    if len(report.errors) < _MAX_ERRORS:
+                        report.errors.append({"line": raw.line, "error": error})
+
+        await anyio.to_thread.run_sync(validate, limiter=self._import_limiter)
         if strict and report.failed:
             report.rejected = True
             report.seconds = time.perf_counter() - started

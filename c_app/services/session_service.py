@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from ..db import customers as customers_repo
 from ..db import messages as messages_repo
+from ..db import moderation as moderation_repo
 from ..db import sessions as repo
 from ..db import uploads as uploads_repo
 from ..db.engine import Database
@@ -21,6 +23,10 @@ HISTORY_PAGE_MAX = 200
 TITLE_MAX = 200
 FEEDBACK_COMMENT_MAX = 1000
 RATINGS = ("like", "dislike")
+
+
+class SessionGone(NotFound):
+    """A message arrived for a session that no longer exists (deleted, or its customer erased)."""
 
 
 def new_session_id(user_id: str) -> str:
@@ -82,24 +88,34 @@ class SessionService:
         handoff: bool = False,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
-        session now waits for a person)."""
-        async with self.db.transaction() as db:
-            row = await messages_repo.add(
-                db,
-                session_id=session_id,
-                user_id=user_id,
-                role=role,
-                content=content,
-                parts=parts,
-                status=status,
-                engine=engine,
-                sources=sources,
-                usage=usage,
-                latency_ms=latency_ms,
-            )
-            await repo.record_messages(db, session_id, count=1, at=utcnow())
-            if handoff:
-                await repo.set_status(db, session_id, "waiting_human")
+        session now waits for a person).
+
+        Raises `SessionGone` when the session no longer exists (deleted, or its customer erased
+        while the answer was streaming): nothing is stored then."""
+        try:
+            async with self.db.transaction() as db:
+                row = await messages_repo.add(
+                    db,
+                    session_id=session_id,
+                    user_id=user_id,
+                    role=role,
+                    content=content,
+                    parts=parts,
+                    status=status,
+                    engine=engine,
+                    sources=sources,
+                    usage=usage,
+                    latency_ms=latency_ms,
+                )
+                # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
+                # foreign key's lock on the session row): an erasure is wholly before or after this.
+                if not await customers_repo.session_exists(db, session_id, owner_id=user_id):
+                    raise SessionGone("会话不存在")
+                await repo.record_messages(db, session_id, count=1, at=utcnow())
+                if handoff:
+                    await repo.set_status(db, session_id, "waiting_human")
+        except IntegrityError as exc:  # the foreign key refused it: the session is gone
+            raise SessionGone("会话不存在") from exc
         return row
 
     async def recent_messages(self, session_id: str, *, owner_id: str, limit: int) -> list[Message]:
@@ -115,7 +131,30 @@ class SessionService:
         async with self.db.read() as db:
             stats = await repo.statistics(db, active_within=ACTIVE_WITHIN)
             stats["total_uploads"] = await uploads_repo.count(db)
+            stats.update(await moderation_repo.totals(db))
         return stats
+
+    async def record_moderation(
+        self,
+        session_id: str,
+        user_id: str,
+        *,
+        message_id: int | None,
+        direction: str,
+        hits: int,
+        words: list[str],
+    ) -> None:
+        """A sensitive-word event: the listed words a message matched (never the text around them)."""
+        async with self.db.transaction() as db:
+            await moderation_repo.add(
+                db,
+                user_id=user_id,
+                session_id=session_id,
+                message_id=message_id,
+                direction=direction,
+                hits=hits,
+                words=words,
+            )
 
     async def history(
         self,

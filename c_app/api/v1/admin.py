@@ -1,9 +1,13 @@
-"""Operator routes: /api/v1/admin/knowledge/... (knowledge-base management), behind ADMIN_TOKEN."""
+"""Operator routes: /api/v1/admin/knowledge/... (knowledge-base management), behind ADMIN_TOKEN.
+
+Every change to the knowledge base, and its export, is recorded in the audit log (`Auditor`).
+Reads of single entries, listings and hit tests are not: the knowledge base is the company's public
+answers, not anyone's personal data, and logging every look at it would bury the entries that matter."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -21,8 +25,10 @@ from ...schemas.knowledge import (
     KnowledgeEntryPatch,
     KnowledgePage,
 )
+from ...services.audit_service import AuditContext, AuditService
 from ...services.knowledge_service import KnowledgeService
 from ..deps import ServicesDep
+from ..middleware.request_id import current_request_id
 
 _bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN")
 
@@ -43,7 +49,31 @@ def get_knowledge(services: ServicesDep) -> KnowledgeService:
     return services.knowledge
 
 
+ADMIN_ACTOR = "admin"  # the ADMIN_TOKEN holder (one shared token: no named operators yet)
+
+
+class Auditor:
+    """The audit log, bound to who acts in this request (the ADMIN_TOKEN holder) and from where."""
+
+    def __init__(self, service: AuditService, context: AuditContext) -> None:
+        self.service = service
+        self.context = context
+
+    async def record(self, action: str, **fields: Any) -> None:
+        await self.service.record(self.context, action, **fields)
+
+
+def audit_context(request: Request) -> AuditContext:
+    address = request.client.host if request.client is not None else ""
+    return AuditContext(actor=ADMIN_ACTOR, role="admin", address=address, request_id=current_request_id())
+
+
+def get_auditor(request: Request, services: ServicesDep) -> Auditor:
+    return Auditor(services.audit, audit_context(request))
+
+
 AdminDep = Annotated[None, Depends(require_admin)]
+AuditorDep = Annotated[Auditor, Depends(get_auditor)]
 KnowledgeDep = Annotated[KnowledgeService, Depends(get_knowledge)]
 EntryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
@@ -82,11 +112,14 @@ async def list_entries(
     responses={200: {"description": "知识库文件（jsonl 或 csv）", "content": _EXPORT_MEDIA}},
 )
 async def export_entries(
-    knowledge: KnowledgeDep, fmt: Annotated[str, Query(alias="format", max_length=16)] = "jsonl"
+    knowledge: KnowledgeDep,
+    auditor: AuditorDep,
+    fmt: Annotated[str, Query(alias="format", max_length=16)] = "jsonl",
 ) -> StreamingResponse:
     """导出整个知识库（jsonl 或 csv，与导入格式相同）。"""
     chunks = knowledge.export(fmt)
     fmt = fmt.lower()
+    await auditor.record("knowledge.export", target_type="knowledge", detail={"format": fmt})
     media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson; charset=utf-8"
     headers = {"Content-Disposition": f'attachment; filename="knowledge.{fmt}"'}
     return StreamingResponse(chunks, media_type=media_type, headers=headers)
@@ -95,6 +128,7 @@ async def export_entries(
 @router.post("/knowledge/import")
 async def import_entries(
     knowledge: KnowledgeDep,
+    auditor: AuditorDep,
     file: Annotated[UploadFile, File()],
     fmt: Annotated[str | None, Form(alias="format", max_length=16)] = None,
     strict: Annotated[bool, Form()] = False,
@@ -104,6 +138,19 @@ async def import_entries(
     strict=true 时只要有一行有误就不导入任何条目，返回 422，error.details 列出有误的行。"""
     data = await knowledge.read_upload(file)
     report = await knowledge.import_bytes(data, filename=file.filename, fmt=fmt, strict=strict)
+    await auditor.record(
+        "knowledge.import",
+        target_type="knowledge",
+        detail={
+            "created": report.created,
+            "updated": report.updated,
+            "failed": report.failed,
+            "deleted": report.deleted,
+            "strict": strict,
+            "rejected": report.rejected,
+            "bytes": len(data),
+        },
+    )
     if report.rejected:
         raise ValidationFailed("导入数据有误，未导入任何条目", details=report.errors)
     return Envelope[ImportReportOut](
@@ -119,9 +166,12 @@ async def hit_test(request: HitTestRequest, knowledge: KnowledgeDep) -> Envelope
 
 
 @router.post("/knowledge")
-async def create_entry(entry: KnowledgeEntryIn, knowledge: KnowledgeDep) -> Envelope[KnowledgeEntryOut]:
+async def create_entry(
+    entry: KnowledgeEntryIn, knowledge: KnowledgeDep, auditor: AuditorDep
+) -> Envelope[KnowledgeEntryOut]:
     """新增知识条目。"""
     row = await knowledge.create(entry)
+    await auditor.record("knowledge.create", target_type="knowledge", target_id=row.id)
     return Envelope[KnowledgeEntryOut](message="创建成功", data=KnowledgeEntryOut.from_row(row))
 
 
@@ -134,15 +184,18 @@ async def get_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> Envelope[Know
 
 @router.put("/knowledge/{entry_id}")
 async def update_entry(
-    entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep
+    entry_id: EntryId, patch: KnowledgeEntryPatch, knowledge: KnowledgeDep, auditor: AuditorDep
 ) -> Envelope[KnowledgeEntryOut]:
     """修改知识条目（只改提交的字段）。"""
     row = await knowledge.update(entry_id, patch)
+    fields = sorted(patch.model_dump(exclude_unset=True))  # which fields changed, never their values
+    await auditor.record("knowledge.update", target_type="knowledge", target_id=entry_id, detail={"fields": fields})
     return Envelope[KnowledgeEntryOut](message="更新成功", data=KnowledgeEntryOut.from_row(row))
 
 
 @router.delete("/knowledge/{entry_id}")
-async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep) -> Envelope[DeletedEntry]:
+async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep, auditor: AuditorDep) -> Envelope[DeletedEntry]:
     """删除知识条目。"""
     await knowledge.delete(entry_id)
+    await auditor.record("knowledge.delete", target_type="knowledge", target_id=entry_id)
     return Envelope[DeletedEntry](message="删除成功", data=DeletedEntry(id=entry_id))

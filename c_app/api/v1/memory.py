@@ -10,7 +10,7 @@ from ...errors import BadRequest
 from ...schemas.common import Envelope
 from ...schemas.customer import ID_MAX
 from ...schemas.knowledge import DeletedMemory, PrivateMemoryOut, PrivateMemoryPage, PrivateMemoryUpdate
-from ..deps import ActorDep, PagingDep, ServicesDep
+from ..deps import ActorDep, MemoryWriteLimit, PagingDep, ServicesDep
 
 router = APIRouter()
 
@@ -37,7 +37,7 @@ async def list_private_memories(
     )
 
 
-@router.put("/memory/private/{user_id}/{memory_id}")
+@router.put("/memory/private/{user_id}/{memory_id}", dependencies=[MemoryWriteLimit])
 async def update_private_memory(
     user_id: UserId, memory_id: MemoryId, request: PrivateMemoryUpdate, services: ServicesDep, actor: ActorDep
 ) -> Envelope[PrivateMemoryOut]:
@@ -53,7 +53,7 @@ async def update_private_memory(
     return Envelope[PrivateMemoryOut](message="记忆更新成功", data=PrivateMemoryOut.from_row(row))
 
 
-@router.delete("/memory/private/{user_id}/{memory_id}")
+@router.delete("/memory/private/{user_id}/{memory_id}", dependencies=[MemoryWriteLimit])
 async def delete_private_memory(
     user_id: UserId, memory_id: MemoryId, services: ServicesDep, actor: ActorDep
 ) -> Envelope[DeletedMemory]:

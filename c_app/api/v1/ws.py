@@ -10,7 +10,11 @@ Server → client frames: {"type": "delta"|"sources"|"handoff"|"suggestions"|"do
 Several turns run one after another on one connection; a message sent while a turn is running
 is refused with an error frame. Malformed frames get an error frame and the connection stays.
 Close codes (RFC 6455): 1000 normal, 1001 heartbeat lost / server going away, 1003 binary data,
-1008 refused credentials, 1009 frame too large.
+1008 refused credentials or Origin (before accepting: the client sees HTTP 403) and an expired token
+(reason "token expired"), 1009 frame too large.
+
+A socket lives no longer than its credential: a JWT's `exp` closes it (1008) at that moment, and every
+frame is checked against it too, so neither heartbeats nor a turn sent at the last second extend it.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from ...container import Services
 from ...errors import AppError
 from ...schemas.customer import ChatRequest
 from ...schemas.events import ChatEvent, ErrorEvent
-from ...container import Services
+from ...security.auth import WS_POLICY_VIOLATION, Actor
 from ..deps import websocket_actor
 from ..sse import event_payload
 from ..turns import open_turn
@@ -35,6 +41,8 @@ from ..turns import open_turn
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+TOKEN_EXPIRED = "token expired"
 
 
 class _Connection:
@@ -48,10 +56,23 @@ class _Connection:
         self.turn_session = ""
         self.send_lock = asyncio.Lock()
         self.last_seen = asyncio.get_running_loop().time()
+        self.actor = Actor(user_id=None)
+        self.closed = False
 
     async def send(self, payload: dict[str, Any]) -> None:
         async with self.send_lock:
+            if self.closed:
+                return  # the socket is being closed (expiry, heartbeat): nothing more goes out
             await self.ws.send_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close once, after any frame being sent; later sends are dropped."""
+        async with self.send_lock:
+            if self.closed:
+                return
+            self.closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, reason=reason)
 
     async def error(self, message: str, code: int | None = None) -> None:
         payload: dict[str, Any] = {"type": "error", "message": message}
@@ -66,25 +87,32 @@ class _Connection:
         self.actor = actor
         await self.ws.accept()
         await self.send({"type": "ready"})
-        beat = asyncio.create_task(self._heartbeat())
+        watchers = [asyncio.create_task(self._heartbeat())]
+        if actor.expires_at is not None:
+            watchers.append(asyncio.create_task(self._expiry(actor.expires_at)))
         try:
             while True:
                 message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
+                if message["type"] == "websocket.disconnect" or self.closed:
+                    return
+                if self.actor.expired():
+                    # Checked on every frame as well as by the timer: no turn, no pong after expiry.
+                    await self.close(WS_POLICY_VIOLATION, TOKEN_EXPIRED)
                     return
                 self.last_seen = asyncio.get_running_loop().time()
                 text = message.get("text")
                 if text is None:
-                    await self.ws.close(code=1003, reason="binary frames are not supported")
+                    await self.close(1003, "binary frames are not supported")
                     return
                 if len(text.encode()) > self.max_frame:
-                    await self.ws.close(code=1009, reason="frame too large")
+                    await self.close(1009, "frame too large")
                     return
                 await self.handle(text)
         except WebSocketDisconnect:
             return
         finally:
-            beat.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             if self.turn_task is not None and not self.turn_task.done():
                 self.turn_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -113,6 +141,9 @@ class _Connection:
             await self.error(f"未知的消息类型: {str(kind)[:32]}", 400)
 
     async def start_turn(self, frame: dict[str, Any]) -> None:
+        if self.actor.expired():
+            await self.close(WS_POLICY_VIOLATION, TOKEN_EXPIRED)
+            return
         if self.turn_task is not None and not self.turn_task.done():
             await self.error("上一条消息仍在回答中，请稍候或先停止", 409)
             return
@@ -124,7 +155,11 @@ class _Connection:
         try:
             # The same entry as POST /stream: acting user, rate limit, checks, the question stored.
             turn = await open_turn(
-                self.ws, self.actor, user_id=request.user_id, session_id=request.session_id, message=request.message
+                self.ws,
+                self.actor,
+                user_id=request.user_id,
+                session_id=request.session_id,
+                message=request.message,
             )
         except AppError as exc:
             await self.error(exc.message, exc.status_code)
@@ -147,11 +182,17 @@ class _Connection:
         while True:
             await asyncio.sleep(self.heartbeat)
             if loop.time() - self.last_seen > 2 * self.heartbeat:
-                with contextlib.suppress(Exception):
-                    await self.ws.close(code=1001, reason="heartbeat lost")
+                await self.close(1001, "heartbeat lost")
                 return
             with contextlib.suppress(Exception):
                 await self.send({"type": "ping"})
+
+    async def _expiry(self, expires_at: float) -> None:
+        """Close the socket (1008) the moment its token expires, a turn in progress included."""
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        while not self.actor.expired():  # the event loop's clock may run ahead of the wall clock
+            await asyncio.sleep(0.05)
+        await self.close(WS_POLICY_VIOLATION, TOKEN_EXPIRED)
 
 
 @router.websocket("/ws")

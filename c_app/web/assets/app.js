@@ -27,10 +27,22 @@ function currentUser() {
 }
 
 function currentToken() {
-  // With AUTH_MODE=jwt or api_key, open the page as /chat?user=<id>&token=<token>; the token is kept
-  // for this tab only (sessionStorage) and sent as a bearer header.
-  const given = new URLSearchParams(location.search).get("token");
+  // With auth on, open the page as /chat?user=<id>#token=<the customer's JWT>: a fragment never leaves
+  // the browser (no request line, no server log, no Referer). Never hand a page an API key: it acts
+  // for every user. `?token=` still works for old links. Either way the token is kept for this tab
+  // only (sessionStorage), sent as a bearer header, and wiped from the address bar (and so from the
+  // history and bookmarks) at once.
+  const query = new URLSearchParams(location.search);
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const given = fragment.get("token") || query.get("token");
   if (given) sessionStorage.setItem("c_app.token", given);
+  if (query.has("token") || fragment.has("token")) {
+    query.delete("token");
+    fragment.delete("token");
+    const search = query.toString();
+    const hash = fragment.toString();
+    history.replaceState(history.state, "", `${location.pathname}${search ? `?${search}` : ""}${hash ? `#${hash}` : ""}`);
+  }
   return sessionStorage.getItem("c_app.token");
 }
 

@@ -31,6 +31,7 @@ from ...deps import (
     ActorSessionDep,
     MemoryWriteLimit,
     PagingDep,
+    RetrieveLimit,
     ServicesDep,
     UploadLimit,
     require_id,
@@ -132,7 +133,7 @@ async def add_memory(
     return Envelope[MemoryAdded](message="记忆添加成功", data=MemoryAdded.from_row(row))
 
 
-@router.post("/memory/retrieve")
+@router.post("/memory/retrieve", dependencies=[RetrieveLimit])
 async def retrieve_memories(
     request: MemoryRetrieveRequest, services: ServicesDep, actor: ActorDep
 ) -> Envelope[RetrievedMemories]:
@@ -170,9 +171,14 @@ async def health_check(response: Response, services: ServicesDep) -> HealthRespo
     return HealthResponse(status="healthy" if healthy else "degraded", timestamp=now_iso(), services=checks)
 
 
-@router.get("/stats")
-async def get_stats(request: Request, services: ServicesDep, _actor: ActorDep) -> StatsResponse:
-    """服务统计：会话、消息、上传数量（来自数据库），运行秒数，版本。"""
+@router.get("/stats", openapi_extra={"security": [{"BearerAuth": []}]})  # ADMIN_TOKEN once auth is on
+async def get_stats(request: Request, services: ServicesDep) -> StatsResponse:
+    """服务统计：会话、消息、上传数量（来自数据库），运行秒数，版本。
+
+    AUTH_MODE=none: open, as before. With auth on these are service-wide figures, the operator's:
+    only `Authorization: Bearer <ADMIN_TOKEN>`; no or a bad credential 401, any other (a customer's
+    JWT, an API key) 403 "无权访问服务统计"."""
+    request.app.state.authenticator.require_operator(request.headers)
     statistics = await services.sessions.statistics()
     return StatsResponse(
         timestamp=now_iso(),
