@@ -10,8 +10,9 @@ whose longest wait counts from when it was due (a blocked event loop shows as a 
 under tracemalloc for the peak of Python allocations.
 
 Cases: a private memory PUT with 10,000 x U+2A0C (30 KB, 40,000 characters after NFKC), plain
-and between two letters; a /memory/retrieve of 2,000 x 吗 (6 KB, the longest query accepted),
-plain and followed by a letter; N of those retrieves at once; an admin Markdown import of
+and between two letters, followed by that user's next search (an index may apply a write then);
+a /memory/retrieve of 2,000 x 吗 (6 KB, the longest query accepted), plain and followed by a
+letter; N such retrieves at once (each a different string); an admin Markdown import of
 "# a" + 1,500 spaces + "x" (1.5 KB). Prints a table; asserts nothing.
 
 To measure other code (the committed version, say), run this file from a copy of the repository:
@@ -27,6 +28,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ USER = "hardening-user"
 ADMIN = {"Authorization": "Bearer bench-admin"}
 PROBE_EVERY = 0.02  # seconds between probes (/health or a /stream) while a case runs
 
-Request = Callable[[httpx.AsyncClient, int], Awaitable[Any]]  # (client, pass number)
+Request = Callable[[httpx.AsyncClient, int], Awaitable[Any]]  # (client, which of the copies sent at once)
 
 
 def settings(folder: str) -> Settings:
@@ -68,20 +70,27 @@ def forget_cached_analysis() -> None:
                 value.cache_clear()
 
 
-async def put_memory(content: str, memory_id: int, client: httpx.AsyncClient, run: int) -> None:
+async def put_memory(content: str, memory_id: int, client: httpx.AsyncClient, copy: int) -> None:
+    """The update, then the user's next search (which pays for indexing the update if the PUT did not)."""
     body = {"content": content}
     response = await client.put(f"/api/v1/chat/memory/private/{USER}/{memory_id}", json=body)
     response.raise_for_status()
+    await retrieve("a", client, copy)
 
 
-async def retrieve(query: str, client: httpx.AsyncClient, run: int) -> None:
+def particles(copy: int) -> str:
+    """2,000 particles (6 KB, the longest query accepted), a different string for each copy."""
+    return "吗" * copy + "呢" + "吗" * (1_999 - copy)
+
+
+async def retrieve(query: str, client: httpx.AsyncClient, copy: int) -> None:
     body = {"user_id": USER, "query": query, "limit": 5}
     response = await client.post("/api/v1/chat/memory/retrieve", json=body)
     response.raise_for_status()
 
 
-async def import_markdown(text: str, client: httpx.AsyncClient, run: int) -> None:
-    files = {"file": (f"hostile-{run}.md", text.encode())}
+async def import_markdown(text: str, client: httpx.AsyncClient, copy: int) -> None:
+    files = {"file": (f"hostile-{copy}.md", text.encode())}
     response = await client.post("/api/v1/admin/knowledge/import", files=files, headers=ADMIN)
     response.raise_for_status()
 
@@ -116,7 +125,7 @@ async def measure(
     waits: list[float] = []
 
     async def case() -> None:
-        await asyncio.gather(*(request(client, 0) for _ in range(copies)))
+        await asyncio.gather(*(request(client, i) for i in range(copies)))
         finished["case"] = time.perf_counter()
 
     async def probing() -> None:
@@ -138,7 +147,7 @@ async def measure(
     forget_cached_analysis()
     tracemalloc.start()
     tracemalloc.reset_peak()
-    await asyncio.gather(*(request(client, 1) for _ in range(copies)))
+    await asyncio.gather(*(request(client, i) for i in range(copies)))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return {
@@ -169,39 +178,36 @@ async def main() -> None:
                 # The user's private index is built on the first search; a PUT then updates it in place.
                 await retrieve("上海", client, 0)
                 await client.get("/health")
-                many = f"{args.parallel} x retrieve 2,000 x 吗 at once"
+                many = f"{args.parallel} x retrieve 2,000 x 吗/呢 at once"
+                ascii_run = "a" + "⨌" * 9_998 + "a"
+                markdown = "# a" + " " * 1500 + "x\n"
                 cases: list[tuple[str, Request, int, Any]] = [
                     ("nothing (probe: /stream 怎么退货)", nothing, 1, stream),
                     (
-                        "PUT memory 10,000 x ⨌",
-                        lambda c, r: put_memory("⨌" * 10_000, memory_id, c, r),
+                        "PUT memory 10,000 x ⨌, then a search",
+                        partial(put_memory, "⨌" * 10_000, memory_id),
                         1,
                         health,
                     ),
                     (
-                        "PUT memory a + 9,998 x ⨌ + a",
-                        lambda c, r: put_memory("a" + "⨌" * 9_998 + "a", memory_id, c, r),
+                        "PUT memory a + 9,998 x ⨌ + a, then a search",
+                        partial(put_memory, ascii_run, memory_id),
                         1,
                         health,
                     ),
-                    ("retrieve 2,000 x 吗", lambda c, r: retrieve("吗" * 2_000, c, r), 1, health),
-                    ("retrieve 1,999 x 吗 + x", lambda c, r: retrieve("吗" * 1_999 + "x", c, r), 1, health),
-                    (many, lambda c, r: retrieve("吗" * 2_000, c, r), args.parallel, health),
+                    ("retrieve 2,000 x 吗", partial(retrieve, "吗" * 2_000), 1, health),
+                    ("retrieve 1,999 x 吗 + x", partial(retrieve, "吗" * 1_999 + "x"), 1, health),
+                    (many, lambda c, i: retrieve(particles(i), c, i), args.parallel, health),
                     (
                         f"{many} (probe: /stream)",
-                        lambda c, r: retrieve("吗" * 2_000, c, r),
+                        lambda c, i: retrieve(particles(i), c, i),
                         args.parallel,
                         stream,
                     ),
-                    (
-                        "import Markdown # a + 1,500 spaces + x",
-                        lambda c, r: import_markdown("# a" + " " * 1500 + "x\n", c, r),
-                        1,
-                        health,
-                    ),
+                    ("import Markdown # a + 1,500 spaces + x", partial(import_markdown, markdown), 1, health),
                 ]
                 print(
-                    f"{'case (probe: /health unless named)':<58} {'time s':>8} {'probe waited s':>15} {'first done':>11} {'peak MB':>8}"
+                    f"{'case (probe: /health unless named)':<58} {'time s':>8} {'probe max wait s':>16} {'first done':>11} {'peak MB':>8}"
                 )
                 for name, request, copies, probe in cases:
                     result = await measure(client, request, copies, probe)

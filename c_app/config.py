@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     sensitive_reload_interval: float = Field(default=2.0, ge=0)  # seconds between looks at the file
     sensitive_mask_char: str = Field(default="*", min_length=1, max_length=1)
 
+    # Retention (issue 14): sessions last active, chat memories and uploads created more than
+    # RETENTION_DAYS ago are purged by a periodic job on one replica at a time. Unset: kept forever.
+    retention_days: int | None = Field(default=None, ge=1)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    retention_batch_size: int = Field(default=500, ge=1)  # rows removed per transaction
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -38,6 +38,7 @@ from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
 from .services.knowledge_service import KnowledgeService, answer_threshold
 from .services.memory_service import MemoryService
+from .services.retention import RetentionService
 from .services.session_service import SessionService
 from .services.upload_service import UploadService
 
@@ -59,6 +60,7 @@ class Services:
     chat: ChatService
     audit: AuditService
     customer_data: CustomerDataService
+    retention: RetentionService
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -68,8 +70,11 @@ class Services:
             await self.sync.start()
         if sample_kb and self.settings.load_sample_kb:
             await self._load_sample()
+        if index and self.settings.retention_days is not None:
+            self.retention.start()  # the periodic purge (one replica at a time runs it)
 
     async def aclose(self) -> None:
+        await self.retention.stop()
         await self.chat.engine.aclose()
         await self.sync.stop()
         await self.db.dispose()
@@ -187,4 +192,5 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         chat=chat,
         audit=audit,
         customer_data=CustomerDataService(sync, uploads, audit),
+        retention=RetentionService(sync, uploads, settings),
     )

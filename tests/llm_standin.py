@@ -54,6 +54,7 @@ class StandIn:
         self.headers: list[dict[str, str]] = []
         self.disconnects: list[float] = []  # monotonic times at which a streaming client went away
         self.embedding_calls = 0
+        self.embedding_inputs: list[str] = []  # every text it was asked to embed, in order
         self.embeddings_down = False
         self.lock = threading.Lock()
         # Set by close(), from any thread; every hang waits on it (created in the serving loop).
@@ -128,6 +129,7 @@ class StandIn:
         if self.embeddings_down:
             return JSONResponse({"error": {"message": "down"}}, status_code=503)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self.embedding_inputs.extend(inputs)
         data = [{"object": "embedding", "index": i, "embedding": hashed_embedding(text)} for i, text in enumerate(inputs)]
         return JSONResponse({"object": "list", "data": data, "model": body.get("model", ""), "usage": {"prompt_tokens": 1, "total_tokens": 1}})
 

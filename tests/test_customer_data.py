@@ -58,22 +58,32 @@ async def admin(start_app):
     return app, client
 
 
-async def populate(app: Any, client: httpx.AsyncClient, user: str = "u1", session: str = "s1") -> dict[str, Any]:
+async def populate(
+    app: Any, client: httpx.AsyncClient, user: str = "u1", session: str = "s1"
+) -> dict[str, Any]:
     """Sessions with answered questions, a rating, a private fact, an upload and a sensitive-word event."""
     for question in ("怎么退货", "买东西怎么开发票？"):
-        response = await client.post("/api/v1/chat/stream", json=chat_body(question, user_id=user, session_id=session))
+        response = await client.post(
+            "/api/v1/chat/stream", json=chat_body(question, user_id=user, session_id=session)
+        )
         assert response.status_code == 200, response.text
     await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id=user, session_id=f"{session}-b"))
     history = (await client.get(f"/api/v1/chat/session/{session}/messages")).json()["messages"]
     answer_id = next(m["id"] for m in history if m["role"] == "assistant")
-    rated = await client.post(f"/api/v1/chat/message/{answer_id}/feedback", json={"rating": "like", "comment": "清楚"})
+    rated = await client.post(
+        f"/api/v1/chat/message/{answer_id}/feedback", json={"rating": "like", "comment": "清楚"}
+    )
     assert rated.status_code == 200, rated.text
-    added = await client.post("/api/v1/chat/memory/add", json={"user_id": user, "content": f"{SECRET_FACT} ({user})"})
+    added = await client.post(
+        "/api/v1/chat/memory/add", json={"user_id": user, "content": f"{SECRET_FACT} ({user})"}
+    )
     assert added.status_code == 200, added.text
     image = png_bytes(color=(1, 2, 3))
     upload = await uploaded(client, image, "收据.png", user_id=user, session_id=session)
     async with app.state.services.db.transaction() as db:
-        db.add(ModerationEvent(user_id=user, session_id=session, direction="question", hits=1, words=["违禁词"]))
+        db.add(
+            ModerationEvent(user_id=user, session_id=session, direction="question", hits=1, words=["违禁词"])
+        )
     return {"answer_id": answer_id, "upload": upload, "image": image}
 
 
@@ -128,7 +138,9 @@ async def test_export_archive_holds_all_of_the_customers_data(admin) -> None:
         (made["answer_id"], "like", "清楚")
     ]
     assert [m["content"] for m in data["private_memories"]] == [f"{SECRET_FACT} (u1)"]
-    assert len(data["chat_memories"]) == 3 and all("怎么" in c["content"] or "你好" in c["content"] for c in data["chat_memories"])
+    assert len(data["chat_memories"]) == 3 and all(
+        "怎么" in c["content"] or "你好" in c["content"] for c in data["chat_memories"]
+    )
     [upload] = data["uploads"]
     assert upload["original_name"] == "收据.png" and upload["size"] == len(made["image"])
     assert upload["file"] == f"uploads/{made['upload']['filename']}"
@@ -150,7 +162,15 @@ async def test_export_archive_holds_all_of_the_customers_data(admin) -> None:
 async def test_export_of_an_unknown_customer_is_an_archive_of_empty_lists(admin) -> None:
     _app, client = admin
     data, archive = read_archive(await client.get(f"{CUSTOMERS}/nobody/export", headers=AUTH))
-    for name in ("sessions", "messages", "private_memories", "chat_memories", "uploads", "moderation_events", "tickets"):
+    for name in (
+        "sessions",
+        "messages",
+        "private_memories",
+        "chat_memories",
+        "uploads",
+        "moderation_events",
+        "tickets",
+    ):
         assert data[name] == [], name
     assert archive.namelist() == ["customer.json"]
 
@@ -195,7 +215,9 @@ async def test_erase_removes_everything_and_nothing_is_retrievable_afterwards(ad
     assert await user_counts(app, "other") == other_before  # nobody else's data went
     repeated = await client.delete(f"{CUSTOMERS}/u1", headers=AUTH)  # idempotent: nothing left to remove
     assert repeated.status_code == 200
-    assert all(value == 0 for key, value in repeated.json()["data"].items() if key != "user_id"), repeated.json()
+    assert all(value == 0 for key, value in repeated.json()["data"].items() if key != "user_id"), (
+        repeated.json()
+    )
     assert not stored.exists()
     # Every removed memory was logged, so every replica's index drops it.
     assert await count(app, MemoryChange, MemoryChange.owner_id == "u1") >= 2 * (1 + 3)
@@ -207,13 +229,17 @@ async def test_erase_removes_everything_and_nothing_is_retrievable_afterwards(ad
     private = await client.get("/api/v1/chat/memory/private/u1")
     assert private.json()["data"]["total"] == 0
     for query in ("会员卡号", "怎么退货", "开发票"):
-        found = (await client.post(RETRIEVE, json={"user_id": "u1", "query": query, "limit": 10})).json()["data"]
+        found = (await client.post(RETRIEVE, json={"user_id": "u1", "query": query, "limit": 10})).json()[
+            "data"
+        ]
         assert [m for m in found["memories"] if m["type"] != "public"] == [], query
     name = made["upload"]["filename"]
     assert_envelope(await client.get(f"/static/uploads/{name}"), 404)
     assert_envelope(await client.get(f"/download/{name}"), 404)
     data, _ = read_archive(await client.get(f"{CUSTOMERS}/u1/export", headers=AUTH))
-    assert all(data[k] == [] for k in ("sessions", "messages", "private_memories", "chat_memories", "uploads"))
+    assert all(
+        data[k] == [] for k in ("sessions", "messages", "private_memories", "chat_memories", "uploads")
+    )
 
     # The other customer still finds their own.
     found = (await client.post(RETRIEVE, json={"user_id": "other", "query": "会员卡号", "limit": 10})).json()
@@ -319,7 +345,9 @@ async def test_an_erased_customers_facts_are_found_in_no_process(replicas) -> No
 
 @pytest.fixture
 async def llm_replicas(make_settings, standin: StandIn) -> AsyncIterator[tuple[Services, Services, StandIn]]:
-    settings = make_settings(load_sample_kb=False, llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=30)
+    settings = make_settings(
+        load_sample_kb=False, llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=30
+    )
     first, second = build_services(settings), build_services(settings)
     await first.start()
     await second.start()
@@ -348,8 +376,14 @@ async def test_an_answer_finishing_after_the_erase_stores_nothing(llm_replicas) 
     async with a.db.read() as db:
         from sqlalchemy import func, select
 
-        for model, column in ((Message, Message.user_id), (ChatSession, ChatSession.user_id), (Memory, Memory.owner_id)):
-            assert (await db.execute(select(func.count()).select_from(model).where(column == "u1"))).scalar_one() == 0
+        for model, column in (
+            (Message, Message.user_id),
+            (ChatSession, ChatSession.user_id),
+            (Memory, Memory.owner_id),
+        ):
+            assert (
+                await db.execute(select(func.count()).select_from(model).where(column == "u1"))
+            ).scalar_one() == 0
     assert private_or_chat(await a.memory.search("u1", "退货流程", limit=5)) == []
 
 
@@ -378,14 +412,18 @@ async def test_an_exchange_remembered_just_after_the_erase_is_forgotten(replicas
 
 async def test_erasing_while_an_answer_streams_over_http(make_settings, standin: StandIn) -> None:
     """DELETE while the customer's answer is streaming: the answer stops, and nothing is kept."""
-    settings = make_settings(admin_token="t0k", llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=30)
+    settings = make_settings(
+        admin_token="t0k", llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=30
+    )
     standin.script.append({"kind": "slow", "text": "这是一个很长的回答" * 20, "chunk": 1, "delay": 0.05})
     with serve(create_app(settings)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
 
             async def read() -> list[dict[str, Any]]:
                 body = chat_body("说吧", user_id="u1", session_id="s1")
-                async with aconnect_sse(client, "POST", "/api/v1/chat/stream?events=typed", json=body) as source:
+                async with aconnect_sse(
+                    client, "POST", "/api/v1/chat/stream?events=typed", json=body
+                ) as source:
                     return [json.loads(sse.data) | {"kind": sse.event} async for sse in source.aiter_sse()]
 
             reader = asyncio.create_task(read())

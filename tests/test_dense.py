@@ -173,3 +173,11 @@ async def test_without_embeddings_configured_no_call_is_made(start_app, standin)
     assert await retrieve(client, QUERY)
     assert standin.embedding_calls == 0
     assert await count(app, MemoryVector) == 0
+
+
+async def test_the_query_reaches_the_embeddings_endpoint_with_personal_data_masked(start_app, standin) -> None:
+    app, client = await start_app(**dense_settings(standin))
+    await load_entries(app)
+    await retrieve(client, "我的手机号13812345678换了，发票怎么开")
+    queries = [text for text in standin.embedding_inputs if "换了" in text]
+    assert queries and all("13812345678" not in text and "[手机号1]" in text for text in queries)

@@ -60,6 +60,7 @@ def test_hostile_runs_normalise_as_before() -> None:
 
 def test_terms_of_a_long_text_are_bounded() -> None:
     terms = tokenize(normalize("".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(10_000))))
+    assert len(terms) <= 10_000  # unbounded: a character and a bigram per character, and words
     # A character, a bigram and at most one word per character of the bounded text.
     assert len(terms) <= 3 * text_module.MAX_TEXT_CHARS
 

@@ -22,6 +22,7 @@ NOT_JSON = {
     ("GET", "/download/{filename}"),
     ("GET", "/chat"),
     ("GET", "/api/v1/admin/knowledge/export"),  # a jsonl or csv file
+    ("GET", "/api/v1/admin/customers/{user_id}/export"),  # a zip archive
 }
 API_DIR = Path(__file__).resolve().parent.parent / "c_app" / "api"
 

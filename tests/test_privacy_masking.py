@@ -220,7 +220,10 @@ def test_every_kind_in_one_text() -> None:
 def test_unknown_placeholders_and_other_brackets_pass_through() -> None:
     masker = Masker()
     masker.mask(PHONE)
-    assert masker.unmask("[手机号1] [手机号9] [邮箱1] [注意] [手机号1") == f"{PHONE} [手机号9] [邮箱1] [注意] [手机号1"
+    assert (
+        masker.unmask("[手机号1] [手机号9] [邮箱1] [注意] [手机号1")
+        == f"{PHONE} [手机号9] [邮箱1] [注意] [手机号1"
+    )
 
 
 def test_large_adversarial_inputs_are_handled() -> None:
@@ -357,7 +360,13 @@ async def test_the_wrapped_engine_sees_placeholders_and_the_customer_real_values
     searched: list[str] = []
     remembered: list[str] = []
     private = hit(3, "private", f"客户车牌{PLATE}，手机{PHONE}")
-    public = hit(12, "public", "客服邮箱 help@shop.example.com", question="客服邮箱是多少", title="联系 help@shop.example.com")
+    public = hit(
+        12,
+        "public",
+        "客服邮箱 help@shop.example.com",
+        question="客服邮箱是多少",
+        title="联系 help@shop.example.com",
+    )
     later = hit(7, "chat", f"之前留过的卡号{CARD}和 13912345678")
 
     async def search(query: str) -> list[Hit]:
@@ -400,7 +409,10 @@ async def test_the_wrapped_engine_sees_placeholders_and_the_customer_real_values
     assert seen.images == turn.images
     # The tools get the real values; what a search returns is masked with the same placeholders.
     assert searched == [f"{PHONE} 的订单"]
-    assert [h.content for h in inner.found] == ["之前留过的卡号[银行卡1]和 [手机号2]", "客户车牌[车牌1]，手机[手机号1]"]
+    assert [h.content for h in inner.found] == [
+        "之前留过的卡号[银行卡1]和 [手机号2]",
+        "客户车牌[车牌1]，手机[手机号1]",
+    ]
     assert remembered == [f"顾客手机{PHONE}，邮箱{EMAIL}"]
 
     sources = [e for e in events if isinstance(e, Sources)]
@@ -432,7 +444,18 @@ async def test_an_unfinished_placeholder_is_flushed_before_meta() -> None:
 
 # --- end to end with the stand-in model ------------------------------------------------------
 
-REAL_VALUES = [PHONE, "138 1234 5678", ID_CARD, ID_CARD_2, CARD, EMAIL, "12345678", PLATE, "文三路100号", "文三路"]
+REAL_VALUES = [
+    PHONE,
+    "138 1234 5678",
+    ID_CARD,
+    ID_CARD_2,
+    CARD,
+    EMAIL,
+    "12345678",
+    PLATE,
+    "文三路100号",
+    "文三路",
+]
 
 
 async def add_private(client: Any, content: str) -> None:
@@ -449,7 +472,9 @@ async def masked_app(start_app: Any, standin: Any) -> Any:
     return await start_app(llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=5, llm_max_retries=0)
 
 
-async def test_the_model_sees_placeholders_and_the_customer_the_real_values(masked_app: Any, standin: Any) -> None:
+async def test_the_model_sees_placeholders_and_the_customer_the_real_values(
+    masked_app: Any, standin: Any
+) -> None:
     app, client = masked_app
     await add_private(client, f"车牌{PLATE}，身份证{ID_CARD_2}，收货地址浙江省杭州市{ADDRESS_DETAIL}")
     # A first turn puts an e-mail and a landline into the history.
@@ -458,7 +483,9 @@ async def test_the_model_sees_placeholders_and_the_customer_the_real_values(mask
 
     reply = "好的，已为您登记手机号[手机号1]，邮箱[邮箱1]，车牌[车牌1]。"
     standin.script.append({"kind": "stream", "text": reply, "chunk": 3})
-    question = f"我的手机号138 1234 5678，身份证{ID_CARD}，银行卡{CARD}，邮箱{EMAIL}，我的车牌和收货地址是什么"
+    question = (
+        f"我的手机号138 1234 5678，身份证{ID_CARD}，银行卡{CARD}，邮箱{EMAIL}，我的车牌和收货地址是什么"
+    )
     response = await client.post(STREAM, json=chat_body(question))
 
     # The placeholder really arrived split over chunks.
@@ -475,7 +502,8 @@ async def test_the_model_sees_placeholders_and_the_customer_the_real_values(mask
     )
     assert {"role": "user", "content": "我的邮箱是[邮箱1]，座机[座机1]"} in second  # history
     knowledge = second[1]["content"]
-    assert "[车牌1]" in knowledge and "[地址1]" in knowledge and "[身份证2]" in knowledge  # the private memory
+    # The private memory, masked.
+    assert "[车牌1]" in knowledge and "[地址1]" in knowledge and "[身份证2]" in knowledge
     assert "浙江省杭州市[地址1]" in knowledge
 
     expected = f"好的，已为您登记手机号138 1234 5678，邮箱{EMAIL}，车牌{PLATE}。"
@@ -503,7 +531,11 @@ async def test_tools_get_real_values_where_they_need_them(masked_app: Any, stand
     app, client = masked_app
     await add_private(client, f"备用手机{PHONE}，车牌{PLATE}")
     standin.script += [
-        {"kind": "tool", "name": "search_knowledge", "arguments": json.dumps({"query": "[手机号1] 车牌"}, ensure_ascii=False)},
+        {
+            "kind": "tool",
+            "name": "search_knowledge",
+            "arguments": json.dumps({"query": "[手机号1] 车牌"}, ensure_ascii=False),
+        },
         {
             "kind": "tool",
             "name": "save_customer_fact",

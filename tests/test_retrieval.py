@@ -218,11 +218,11 @@ def test_deferred_writes_apply_in_order_before_the_next_read() -> None:
     idx.defer(1, None)  # a removal
     idx.defer(3, (["怎么开具发票"], ""))
     idx.defer(3, (["优惠券怎么使用"], ""))  # the later write wins
-    assert [doc for doc, _ in idx.search("修改收货地址")] == [2]
+    assert idx.search("修改收货地址")[0][0] == 2
     assert idx.search("申请退款") == []
-    assert [doc for doc, _ in idx.search("优惠券怎么使用")] == [3]
+    assert idx.search("优惠券怎么使用")[0] == (3, pytest.approx(1.0))
     assert idx.search("开具发票") == []
-    assert sorted([1, 2, 3], key=lambda d: d in idx) == [1, 2, 3] and 1 not in idx and len(idx) == 2
+    assert 1 not in idx and 2 in idx and 3 in idx and len(idx) == 2
 
 
 def test_concurrent_writers_and_searchers_leave_a_consistent_index() -> None:
@@ -270,4 +270,6 @@ def test_concurrent_writers_and_searchers_leave_a_consistent_index() -> None:
                 alone.upsert(doc, [_filler(doc + i)])
     assert len(shared) == len(alone)
     for i in range(0, 3000, 37):
-        assert shared.search(_filler(i), 5) == alone.search(_filler(i), 5)
+        # Equal scores may rank in another order (the slots were filled in another order).
+        got, want = dict(shared.search(_filler(i), 200)), dict(alone.search(_filler(i), 200))
+        assert got == pytest.approx(want), i

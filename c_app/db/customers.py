@@ -33,7 +33,9 @@ def _messages_of(user_id: str) -> ColumnElement[bool]:
 # -- reads (export) ------------------------------------------------------------------------------
 
 
-async def sessions_page(db: AsyncSession, user_id: str, *, after: str | None, limit: int) -> list[ChatSession]:
+async def sessions_page(
+    db: AsyncSession, user_id: str, *, after: str | None, limit: int
+) -> list[ChatSession]:
     query = select(ChatSession).where(ChatSession.user_id == user_id)
     if after is not None:
         query = query.where(ChatSession.id > after)
@@ -116,10 +118,16 @@ async def delete_memories(db: AsyncSession, refs: Sequence[Memory]) -> None:
         chunk = refs[start : start + _IN_CHUNK]
         ids = [ref.id for ref in chunk]
         await db.execute(
-            delete(MemoryVector).where(MemoryVector.memory_id.in_(ids)).execution_options(synchronize_session=False)
+            delete(MemoryVector)
+            .where(MemoryVector.memory_id.in_(ids))
+            .execution_options(synchronize_session=False)
         )
-        await db.execute(delete(Memory).where(Memory.id.in_(ids)).execution_options(synchronize_session=False))
-        changes = [{"memory_id": r.id, "scope": r.scope, "owner_id": r.owner_id, "created_at": now} for r in chunk]
+        await db.execute(
+            delete(Memory).where(Memory.id.in_(ids)).execution_options(synchronize_session=False)
+        )
+        changes = [
+            {"memory_id": r.id, "scope": r.scope, "owner_id": r.owner_id, "created_at": now} for r in chunk
+        ]
         seqs = (await db.scalars(insert(MemoryChange).returning(MemoryChange.seq), changes)).all()
         # The writer skips its own log entries when it reads the log back (see db.memories).
         db.info.setdefault(OWN_CHANGES, []).extend(seqs)

@@ -2,7 +2,7 @@
 
 `MaskPersonalData` rewrites a record before it is written: the message formatted with its args,
 the formatted exception and the stack are masked with `pii.mask_text` (phone, ID, card, e-mail,
-landline, plate and address values become `[手机号1]` ...). DEBUG records are left as they are
+landline, plate and address values become `[手机号1]` ...), URL-escaped text included. DEBUG records are left as they are
 (they are not written in production, and masking costs time).
 
 It is attached by `configure_logging` (c_app/main.py) to the app's handlers, which every logger
@@ -14,10 +14,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from .pii import mask_text
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+def mask_log_text(text: str) -> str:
+    """`mask_text`, also seeing through URL escapes: uvicorn's access log quotes the path, so a user
+    id that is an e-mail address is logged as zhang.san%40example.com. Only when the decoded text
+    holds personal data is it the decoded text, masked, that is returned."""
+    if "%" in text:
+        decoded = unquote(text)
+        if decoded != text:
+            masked = mask_text(decoded)
+            if masked != decoded:
+                return masked
+    return mask_text(text)
 
 
 class MaskPersonalData(logging.Filter):
@@ -35,16 +49,16 @@ def mask_record(record: logging.LogRecord) -> None:
     except Exception:  # noqa: BLE001 - a malformed record: logging reports it, we leave it alone
         message = None
     if message is not None:
-        clean = mask_text(message)
+        clean = mask_log_text(message)
         if clean != message:
             _store(record, clean)
     if record.exc_info and not record.exc_text:
         # Formatted here, as Formatter.format would, so that the text written is the masked one.
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:
-        record.exc_text = mask_text(record.exc_text)
+        record.exc_text = mask_log_text(record.exc_text)
     if record.stack_info:
-        record.stack_info = mask_text(record.stack_info)
+        record.stack_info = mask_log_text(record.stack_info)
 
 
 def _store(record: logging.LogRecord, clean: str) -> None:
@@ -52,7 +66,7 @@ def _store(record: logging.LogRecord, clean: str) -> None:
     # unpacks its args); otherwise the masked line itself becomes the message.
     args = record.args
     if isinstance(args, tuple) and args and isinstance(record.msg, str):
-        new_args = tuple(mask_text(arg) if isinstance(arg, str) else arg for arg in args)
+        new_args = tuple(mask_log_text(arg) if isinstance(arg, str) else arg for arg in args)
         template = mask_text(record.msg)
         try:
             same = template % new_args == clean

@@ -290,12 +290,14 @@ class SensitiveWords:
                 data = handle.read(limit + 1)
             words, unmatchable = parse(data, max_words=self.max_words, max_chars=self.max_chars)
             loaded = WordList(words, mask=self.mask, source=str(self.path))
-        except (OSError, WordListError) as exc:
-            if isinstance(exc, OSError):
+        except Exception as exc:  # noqa: BLE001  # refused whatever went wrong; no traceback (it could quote a word)
+            if isinstance(exc, WordListError):
+                reason = exc.where()
+            elif isinstance(exc, OSError):
                 self._seen = self._signature()
                 reason = f"cannot be read ({exc.strerror or type(exc).__name__})"
             else:
-                reason = exc.where()
+                reason = f"could not be built ({type(exc).__name__})"
             if self._current is None:
                 logger.error(
                     "sensitive-word list %s refused, %s: NO sensitive-word checks until the file is fixed",

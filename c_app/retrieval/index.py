@@ -13,8 +13,8 @@ Contract (``LexicalIndex``):
 - ``search(query, limit)`` returns ``[(doc_id, score)]`` best first, score in [0, 1].
 - ``defer(doc_id, fields)`` queues an upsert (``fields`` = ``(questions, body)``) or a removal
   (``None``) without doing any work: it is applied, in order, by ``settle()`` or the next call of
-  any of the methods above, so a caller on an event loop can leave the work to a worker thread and still
-  read its own writes.
+  any of the methods above, so a caller on an event loop can leave the work to a worker thread
+  and still read its own writes.
 
 Threads. Every method may be called from several threads at once. The text analysis (the
 CPU-heavy part) runs outside the index's lock; the mutation, the merge of pending postings that a

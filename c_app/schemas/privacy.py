@@ -114,7 +114,9 @@ class ErasureResult(BaseModel):
     private_memories: int
     chat_memories: int
     uploads: int
-    upload_files: int  # files removed from disk (an upload row whose file was already gone counts in uploads only)
+    upload_files: (
+        int  # files removed from disk (an upload row whose file was already gone counts in uploads only)
+    )
     moderation_events: int
     rate_limit_keys: int  # the customer's rate-limit counters that were cleared
     audit_entries_pseudonymised: int  # audit entries that named the customer and now carry the pseudonym

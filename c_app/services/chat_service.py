@@ -246,7 +246,7 @@ class ChatService:
                 history=await self._history(turn),
                 images=await self._images_for_model(turn),
                 search=lambda query: self._search(turn.user_id, query),
-                remember=lambda fact: self._remember(turn.user_id, fact),
+                remember=lambda fact: self._remember(turn, fact),
             )
             stop = self._register(turn.session_id)
             try:
@@ -310,8 +310,14 @@ class ChatService:
     async def _search(self, user_id: str, query: str) -> list[Hit]:
         return await self.memory.search(user_id, query, limit=RETRIEVE_LIMIT)
 
-    async def _remember(self, user_id: str, fact: str) -> int | None:
-        row = await self.memory.add_private(user_id, fact, {"source": "assistant"})
+    async def _remember(self, turn: Turn, fact: str) -> int | None:
+        """The model saves a fact about the customer, unless the customer was erased meanwhile
+        (on any replica: the session is gone)."""
+        try:
+            await self.sessions.get(turn.session_id, owner_id=turn.user_id)
+        except NotFound:
+            return None
+        row = await self.memory.add_private(turn.user_id, fact, {"source": "assistant"})
         return row.id
 
     async def _history(self, turn: Turn) -> list[HistoryItem]:

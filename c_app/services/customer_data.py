@@ -165,11 +165,23 @@ class CustomerDataService:
                 }
                 await out.write("{" + _dump(head)[1:-1])
                 lists: list[tuple[str, AsyncIterator[list[Any]], Callable[[Any], dict[str, Any]]]] = [
-                    ("sessions", self._pages(partial(repo.sessions_page, user_id=user_id), None, _id), export_session),
-                    ("messages", self._pages(partial(repo.messages_page, user_id=user_id), 0, _id), export_message),
+                    (
+                        "sessions",
+                        self._pages(partial(repo.sessions_page, user_id=user_id), None, _id),
+                        export_session,
+                    ),
+                    (
+                        "messages",
+                        self._pages(partial(repo.messages_page, user_id=user_id), 0, _id),
+                        export_message,
+                    ),
                     ("private_memories", self._memories(PRIVATE, user_id), export_private_memory),
                     ("chat_memories", self._memories(CHAT, user_id), export_chat_memory),
-                    ("uploads", self._pages(partial(repo.uploads_page, user_id=user_id), None, _id), render_upload),
+                    (
+                        "uploads",
+                        self._pages(partial(repo.uploads_page, user_id=user_id), None, _id),
+                        render_upload,
+                    ),
                     (
                         "moderation_events",
                         self._pages(partial(repo.moderation_page, user_id=user_id), 0, _id),
@@ -215,7 +227,9 @@ class CustomerDataService:
 
     # -- erasure ----------------------------------------------------------------------------------
 
-    async def erase(self, user_id: str, context: AuditContext, *, limits: RateLimits | None = None) -> Erasure:
+    async def erase(
+        self, user_id: str, context: AuditContext, *, limits: RateLimits | None = None
+    ) -> Erasure:
         """Remove everything held about the customer; returns the counts (all zero the second time)."""
         rate_limit_keys = await clear_rate_limits(limits, user_id)
         pseudonym = await self.audit.pseudonym(user_id)  # before the transaction: it may write the key
@@ -309,7 +323,9 @@ async def clear_rate_limits(limits: RateLimits | None, user_id: str) -> int:
                 continue  # no hits counted: nothing to clear
             await limits.limiter.clear(item, limits.prefix, name, identity)
         except StorageError:
-            logger.warning("rate-limit storage unavailable; %s counter of an erased customer not cleared", name)
+            logger.warning(
+                "rate-limit storage unavailable; %s counter of an erased customer not cleared", name
+            )
             continue
         cleared += 1
     return cleared

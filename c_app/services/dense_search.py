@@ -26,6 +26,7 @@ from ..db import vectors as vector_repo
 from ..db.engine import Database
 from ..db.memories import PUBLIC
 from ..db.models import Memory
+from ..privacy.pii import mask_text
 from ..retrieval import LexicalIndex
 from ..retrieval.dense import EmbeddingClient, EmbeddingError, VectorStore, fuse, text_hash
 
@@ -47,6 +48,8 @@ class DenseSearch:
         self.client = client
         self.model = client.model
         self.floor = settings.embedding_min_similarity
+        # The customer's query leaves the process for the embeddings endpoint: personal data masked first.
+        self.mask_query = settings.pii_masking
         self.store = VectorStore()
         self.retry_after = 10.0  # seconds the endpoint is left alone after a failure
         self._pending: set[int] = set()
@@ -173,7 +176,7 @@ class DenseSearch:
         if not len(self.store) or time.monotonic() < self._down_until:
             return lexical_hits[:limit]
         try:
-            vector = (await self.client.embed([query]))[0]
+            vector = (await self.client.embed([mask_text(query) if self.mask_query else query]))[0]
         except EmbeddingError as exc:
             self._failed(exc)
             return lexical_hits[:limit]

@@ -189,12 +189,16 @@ async def update_entry(
     """修改知识条目（只改提交的字段）。"""
     row = await knowledge.update(entry_id, patch)
     fields = sorted(patch.model_dump(exclude_unset=True))  # which fields changed, never their values
-    await auditor.record("knowledge.update", target_type="knowledge", target_id=entry_id, detail={"fields": fields})
+    await auditor.record(
+        "knowledge.update", target_type="knowledge", target_id=entry_id, detail={"fields": fields}
+    )
     return Envelope[KnowledgeEntryOut](message="更新成功", data=KnowledgeEntryOut.from_row(row))
 
 
 @router.delete("/knowledge/{entry_id}")
-async def delete_entry(entry_id: EntryId, knowledge: KnowledgeDep, auditor: AuditorDep) -> Envelope[DeletedEntry]:
+async def delete_entry(
+    entry_id: EntryId, knowledge: KnowledgeDep, auditor: AuditorDep
+) -> Envelope[DeletedEntry]:
     """删除知识条目。"""
     await knowledge.delete(entry_id)
     await auditor.record("knowledge.delete", target_type="knowledge", target_id=entry_id)

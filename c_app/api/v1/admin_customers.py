@@ -32,7 +32,7 @@ _ARCHIVE = {"application/zip": {"schema": {"type": "string", "format": "binary"}
 
 def _attachment(user_id: str) -> str:
     """Content-Disposition for the archive: an ASCII fallback name and the real one (RFC 6266/8187)."""
-    return f'attachment; filename="customer-export.zip"; filename*=UTF-8\'\'{quote(f"customer-{user_id}.zip", safe="")}'
+    return f"attachment; filename=\"customer-export.zip\"; filename*=UTF-8''{quote(f'customer-{user_id}.zip', safe='')}"
 
 
 @router.get(
@@ -40,7 +40,9 @@ def _attachment(user_id: str) -> str:
     response_class=StreamingResponse,
     responses={200: {"description": "客户数据归档（zip：customer.json 与上传的文件）", "content": _ARCHIVE}},
 )
-async def export_customer(user_id: CustomerId, services: ServicesDep, context: AuditContextDep) -> StreamingResponse:
+async def export_customer(
+    user_id: CustomerId, services: ServicesDep, context: AuditContextDep
+) -> StreamingResponse:
     """导出一位客户的全部个人数据：会话、消息（含评价）、私有记忆、对话记忆、上传文件、敏感词事件。
 
     未知客户得到各列表为空的归档。导出会记入审计日志。"""
@@ -76,9 +78,13 @@ async def list_audit(
     context: AuditContextDep,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    action: Annotated[str | None, Query(max_length=64, description="如 customer.export、knowledge.update")] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="如 customer.export、knowledge.update")
+    ] = None,
     customer_id: Annotated[str | None, Query(max_length=ID_MAX, pattern=ID_PATTERN)] = None,
-    target_type: Annotated[str | None, Query(max_length=32, description="customer、knowledge、audit…")] = None,
+    target_type: Annotated[
+        str | None, Query(max_length=32, description="customer、knowledge、audit…")
+    ] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601 时间，含；无时区按 UTC")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601 时间，含；无时区按 UTC")] = None,
 ) -> Envelope[AuditPage]:
@@ -97,7 +103,13 @@ async def list_audit(
         since=since,
         until=until,
     )
-    filters = {"action": action, "customer_id": customer_id, "target_type": target_type, "since": since, "until": until}
+    filters = {
+        "action": action,
+        "customer_id": customer_id,
+        "target_type": target_type,
+        "since": since,
+        "until": until,
+    }
     await services.audit.record(
         context,
         "audit.list",
