@@ -88,6 +88,7 @@ async def test_asking_for_a_person_marks_the_session(app, client):
     assert "人工客服" in answer_text(response.text)
     [session] = await rows(app, ChatSession, ChatSession.id == "session456")
     assert session.status == "waiting_human"
+    assert [m.outcome for m in await rows(app, Message)] == [None, "handoff"]
 
 
 async def test_each_exchange_goes_to_chat_memory(app, client):

@@ -77,8 +77,10 @@ async def test_history_items_carry_answer_details(client):
         "sources",
         "feedback",
         "created_at",
+        "outcome",
     }
-    assert question["parts"] is None and question["feedback"] is None
+    assert question["parts"] is None and question["feedback"] is None and question["outcome"] is None
+    assert answer["outcome"] == "answered"
     assert "电子发票" in answer["content"]
     assert answer["status"] == "complete" and answer["engine"]
     assert answer["sources"] and answer["sources"][0]["type"] == "public"

@@ -15,6 +15,7 @@ from c_app.engines.base import (
     EngineEvent,
     Handoff,
     Hit,
+    Meta,
     Sources,
     TurnContext,
     close_questions,
@@ -109,3 +110,17 @@ def test_answers_are_streamed_in_pieces_that_join_back_exactly() -> None:
     text = "您好，退货请在订单页申请。审核通过后，请在7天内寄回！运费由商家承担；谢谢"
     parts = list(pieces(text))
     assert "".join(parts) == text and len(parts) >= 3
+
+
+async def test_every_turn_ends_with_its_outcome() -> None:
+    def outcome(events: list[EngineEvent]) -> str | None:
+        metas = [event for event in events if isinstance(event, Meta)]
+        assert len(metas) == 1 and events[-1] is metas[0]
+        return metas[0].outcome
+
+    assert outcome(await run("怎么退货", [kb(1, 0.95, "怎么退货", "7天无理由退货。")])) == "answered"
+    tie = [kb(1, 0.93, "会员卡怎么办理", "门店办理。"), kb(2, 0.91, "会员卡怎么办理呢", "App 申请。")]
+    assert outcome(await run("会员卡怎么办理", tie)) == "clarified"
+    assert outcome(await run("火星上能送货吗", [kb(1, 0.1, "怎么退货", "7天无理由退货。")])) == "no_match"
+    assert outcome(await run("转人工", [])) == "handoff"
+    assert outcome(await run("你好", [])) == "smalltalk"

@@ -24,6 +24,7 @@ async def add(
     sources: list[dict[str, Any]] | None = None,
     usage: dict[str, Any] | None = None,
     latency_ms: int | None = None,
+    outcome: str | None = None,
 ) -> Message:
     row = Message(
         session_id=session_id,
@@ -36,6 +37,7 @@ async def add(
         sources=sources,
         usage=usage,
         latency_ms=latency_ms,
+        outcome=outcome,
         created_at=utcnow(),
     )
     db.add(row)

@@ -21,6 +21,12 @@ PRIVATE = "private"  # what the customer (or an operator) saved about the custom
 CHAT = "chat"  # the customer's past exchanges
 Scope = Literal["public", "private", "chat"]
 
+# What an answer did for the customer (stored with it; the operator's figures count them):
+# answered (an answer from the knowledge, the customer's memories or the model), clarified (close
+# questions offered instead of a guess), no_match (nothing close), handoff (a person was asked
+# for), smalltalk (greeting, thanks, goodbye).
+OUTCOMES = ("answered", "clarified", "no_match", "handoff", "smalltalk")
+
 HANDOFF_MESSAGE = (
     "好的，正在为您转接人工客服，请稍候。人工客服的服务时间为每天 9:00-21:00；"
     "非服务时间您可以先留言，客服上班后会第一时间联系您。"
@@ -89,6 +95,7 @@ class Meta:
     engine: str | None = None
     status: str | None = None  # "fallback" when the knowledge base answered for a failed model
     usage: dict[str, Any] | None = None
+    outcome: str | None = None  # one of OUTCOMES: what the turn did for the customer
 
 
 EngineEvent = Delta | Sources | Handoff | Meta

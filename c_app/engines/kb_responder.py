@@ -20,6 +20,7 @@ from .base import (
     EngineEvent,
     Handoff,
     Hit,
+    Meta,
     Sources,
     TurnContext,
     close_questions,
@@ -85,23 +86,26 @@ class KnowledgeBaseResponder:
             yield Handoff(message=HANDOFF_MESSAGE)
             for piece in pieces(HANDOFF_MESSAGE):
                 yield Delta(text=piece)
+            yield Meta(outcome="handoff")
             return
         if intent is not None:
             for piece in pieces(self._small_talk(intent)):
                 yield Delta(text=piece)
+            yield Meta(outcome="smalltalk")
             return
 
-        answer, used = self.compose(turn.hits)
+        answer, used, outcome = self.compose(turn.hits)
         if used:
             yield Sources(hits=used)
         for piece in pieces(answer):
             yield Delta(text=piece)
+        yield Meta(outcome=outcome)
 
     async def aclose(self) -> None:
         """Nothing to release: the responder holds no connection."""
 
-    def compose(self, hits: Sequence[Hit]) -> tuple[str, list[Hit]]:
-        """The answer text and the hits it was built from."""
+    def compose(self, hits: Sequence[Hit]) -> tuple[str, list[Hit], str]:
+        """The answer text, the hits it was built from, and the outcome (answered, clarified, no_match)."""
         best: dict[str, Hit] = {}
         for hit in hits:
             if hit.scope not in best or hit.score > best[hit.scope].score:
@@ -114,8 +118,9 @@ class KnowledgeBaseResponder:
                 continue
             if scope == PUBLIC and top.score - self._runner_up(top, hits) < self.margin:
                 continue  # ambiguous: the no-match reply offers the close questions instead
-            return self._answer_from(top), [top]
-        return self._no_match(hits), []
+            return self._answer_from(top), [top], "answered"
+        suggestions = close_questions(hits, floor=self.threshold * 0.4, titles=True)
+        return self._no_match(suggestions), [], "clarified" if suggestions else "no_match"
 
     @staticmethod
     def _runner_up(best: Hit, hits: Sequence[Hit]) -> float:
@@ -133,8 +138,7 @@ class KnowledgeBaseResponder:
         answer = hit.content.split("客服：", 1)[-1]
         return f"您之前咨询过类似的问题，当时的答复是：\n{answer}"
 
-    def _no_match(self, hits: Sequence[Hit]) -> str:
-        suggestions = close_questions(hits, floor=self.threshold * 0.4, titles=True)
+    def _no_match(self, suggestions: Sequence[str]) -> str:
         text = "抱歉，我暂时没有找到与您的问题完全匹配的答案。"
         if suggestions:
             text += "您是不是想问：\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(suggestions, 1)) + "\n"

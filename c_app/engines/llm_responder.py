@@ -164,6 +164,7 @@ class LLMResponder:
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         yield Meta(
             engine=self.name,
+            outcome="answered",
             usage={
                 "model": self.model,
                 "prompt_tokens": usage.prompt_tokens,

@@ -51,6 +51,8 @@ class MessageItem(BaseModel):
     sources: list[dict[str, Any]] | None = None
     feedback: Feedback | None = None
     created_at: str
+    # What an answer did (answered, clarified, no_match, handoff, smalltalk, blocked); null for a question.
+    outcome: str | None = None
 
     @classmethod
     def from_row(cls, row: Message) -> MessageItem:
@@ -64,6 +66,7 @@ class MessageItem(BaseModel):
             sources=row.sources,
             feedback=Feedback.from_row(row),
             created_at=row.created_at.isoformat(),
+            outcome=row.outcome,
         )
 
 

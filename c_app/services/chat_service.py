@@ -142,6 +142,11 @@ class _Answer:
     usage: dict[str, Any] | None = None
     status: str = "interrupted"
     handoff: bool = False
+    outcome: str | None = None  # engines.base.OUTCOMES, or "blocked"
+
+    @property
+    def final_outcome(self) -> str | None:
+        return "handoff" if self.handoff else self.outcome
 
 
 class ChatService:
@@ -255,6 +260,7 @@ class ChatService:
                         result.engine = event.engine or result.engine
                         finished_as = event.status or finished_as
                         result.usage = event.usage or result.usage
+                        result.outcome = event.outcome or result.outcome
                     elif isinstance(event, Delta):
                         text = censor.feed(event.text) if censor is not None else event.text
                         if text:
@@ -301,7 +307,7 @@ class ChatService:
     async def _fixed_reply(self, turn: Turn, reply: str) -> AsyncIterator[ChatEvent]:
         """A blocked message's answer: the fixed reply, stored as the assistant's message; no
         retrieval, no engine."""
-        result = _Answer(engine="moderation", text=[reply], status=BLOCKED)
+        result = _Answer(engine="moderation", text=[reply], status=BLOCKED, outcome=BLOCKED)
         with anyio.CancelScope(shield=True):  # stored first: the record holds even if the client leaves
             message_id = await self._store(turn, result, latency_ms=0)
         yield DeltaEvent(text=reply)
@@ -360,6 +366,7 @@ class ChatService:
                 usage=result.usage,
                 latency_ms=latency_ms,
                 handoff=result.handoff,
+                outcome=result.final_outcome,
             )
         except SessionGone:
             # Deleted, or the customer erased, while the answer streamed: nothing of it is kept.

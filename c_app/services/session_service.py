@@ -86,6 +86,7 @@ class SessionService:
         usage: dict[str, Any] | None = None,
         latency_ms: int | None = None,
         handoff: bool = False,
+        outcome: str | None = None,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
         session now waits for a person).
@@ -106,6 +107,7 @@ class SessionService:
                     sources=sources,
                     usage=usage,
                     latency_ms=latency_ms,
+                    outcome=outcome,
                 )
                 # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
                 # foreign key's lock on the session row): an erasure is wholly before or after this.
