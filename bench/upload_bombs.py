@@ -55,20 +55,25 @@ def gif_of_tiny_frames(count: int, *, identical: bool, comment: bool) -> bytes:
     return bytes(out + b";")
 
 
-def gif_of_big_frames(*, comment: bool) -> bytes:
-    """Five solid 6300x6300 frames (39.7 Mpx each, just under the 40 Mpx limit): ~156 KB."""
+def gif_of_big_frames(*, comment: bool, count: int = 5, side: int = 6300, plain_text: bool = False) -> bytes:
+    """`count` solid `side`x`side` frames; by default five of 6300x6300 (39.7 Mpx each, just under the
+    40 Mpx a frame may have): ~156 KB. `plain_text` adds a plain-text block, which the fixed code
+    cannot just leave out: it decodes and writes the GIF again (its worst case within the limits)."""
     from PIL import Image
 
     palette = [c for i in range(256) for c in (i, i * 3 % 256, i * 7 % 256)]
     frames = []
-    for colour in range(5):
-        frame = Image.new("P", (6300, 6300), colour)
+    for colour in range(count):
+        frame = Image.new("P", (side, side), colour)
         frame.putpalette(palette)
         frames.append(frame)
     buf = io.BytesIO()
     extra = {"comment": b"hi"} if comment else {}
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0, **extra)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if plain_text:  # before the trailer
+        data = data[:-1] + b"!\x01\x0c" + bytes(12) + b"\x01x\x00;"
+    return data
 
 
 def control_jpeg() -> bytes:
@@ -117,6 +122,8 @@ PAYLOADS: dict[str, Callable[[], bytes]] = {
     "many.gif": lambda: gif_of_tiny_frames(100_000, identical=False, comment=True),
     "same.gif": lambda: gif_of_tiny_frames(70_000, identical=True, comment=True),
     "photo.jpg": control_jpeg,
+    "allowed.gif": lambda: gif_of_big_frames(comment=True, count=4, side=3150),
+    "allowed-text.gif": lambda: gif_of_big_frames(comment=True, count=4, side=3150, plain_text=True),
     "big-plain.gif": lambda: gif_of_big_frames(comment=False),
     "many-plain.gif": lambda: gif_of_tiny_frames(100_000, identical=False, comment=False),
     "progressive.jpg": progressive_jpeg,
@@ -130,6 +137,9 @@ CASES: dict[str, tuple[str, str, int]] = {
     "gif-100k": ("GIF, 100k frames of 1x1, comment", "many.gif", 1),
     "gif-70k-same": ("GIF, 70k identical 1x1 frames, comment", "same.gif", 1),
     "jpeg-control": ("JPEG 1000x800 photo (control)", "photo.jpg", 1),
+    "gif-4x3150": ("GIF, 4 frames of 3150x3150 (39.7 Mpx), comment", "allowed.gif", 1),
+    "gif-4x3150-text": ("the same + a plain-text block", "allowed-text.gif", 1),
+    "gif-4x3150-text-x4": ("the same, 4 uploads at once", "allowed-text.gif", 4),
     "gif-5x6300-plain": ("GIF, 5 frames of 6300x6300, no metadata", "big-plain.gif", 1),
     "gif-100k-plain": ("GIF, 100k frames of 1x1, no metadata", "many-plain.gif", 1),
     "jpeg-progressive-36mpx": ("JPEG 6000x6000 progressive 4:4:4", "progressive.jpg", 1),

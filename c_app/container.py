@@ -33,6 +33,7 @@ from .retrieval.dense import EmbeddingClient
 from .retrieval.text import set_cache_dir
 from .services.audit_service import AuditService
 from .services.chat_service import ChatService
+from .services.console_service import ConsoleService
 from .services.customer_data import CustomerDataService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
@@ -61,6 +62,7 @@ class Services:
     audit: AuditService
     customer_data: CustomerDataService
     retention: RetentionService
+    console: ConsoleService
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -181,16 +183,18 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         sensitive=build_sensitive(settings),
     )
     audit = AuditService(db)
+    knowledge = KnowledgeService(sync, settings)
     return Services(
         settings=settings,
         db=db,
         sync=sync,
         sessions=sessions,
         memory=memory,
-        knowledge=KnowledgeService(sync, settings),
+        knowledge=knowledge,
         uploads=uploads,
         chat=chat,
         audit=audit,
         customer_data=CustomerDataService(sync, uploads, audit),
         retention=RetentionService(sync, uploads, settings),
+        console=ConsoleService(db, knowledge),
     )

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import api_router
+from .api.admin_page import setup_admin_page
 from .api.chat_page import setup_chat_page
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_security(app, settings)  # outermost: headers and request ids on every answer
     setup_static_files(app)
     setup_chat_page(app)
+    setup_admin_page(app)
     app.include_router(api_router, prefix="/api")
     app.include_router(openai_router)
 

@@ -136,8 +136,11 @@ class IndexSync:
 
     async def _search(self, index: LexicalIndex, query: str, limit: int) -> list[tuple[int, float]]:
         """``index.search`` in a worker thread: a long query in the long-query lane."""
+        return await self._searching(index.search, query, limit)
+
+    async def _searching(self, work: Callable[..., T], query: str, *args: Any) -> T:
         limiter = self._long_limiter if len(query) > LONG_QUERY_CHARS else self._limiter
-        return await anyio.to_thread.run_sync(index.search, query, limit, limiter=limiter)
+        return await anyio.to_thread.run_sync(work, query, *args, limiter=limiter)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -218,10 +221,28 @@ class IndexSync:
             return await self.dense.search(cast(LexicalIndex, _Ranked(self.public_index, ranked)), query, limit)
         return await self._search(self.public_index, query, limit)
 
+    async def hits(self, owner_id: str, scopes: Iterable[str], query: str, limit: int) -> list[tuple[str, int, float]]:
+        """`user_hits` of each of the user's `scopes`, then `public_hits`, as (scope, doc, score):
+        one trip to a worker thread for all of them (each trip costs two thread wake-ups)."""
+        indexes = [(scope, await self._user_index(scope, owner_id)) for scope in scopes]
+        pool = max(limit * 4, 20) if self.dense is not None else limit  # DenseSearch.search's pool
+
+        def search_all(query: str) -> tuple[list[tuple[str, int, float]], list[tuple[int, float]]]:
+            mine = [(scope, doc, score) for scope, index in indexes for doc, score in index.search(query, limit)]
+            return mine, self.public_index.search(query, pool)
+
+        ranked, public = await self._searching(search_all, query)
+        if self.dense is not None:
+            public = await self.dense.search(cast(LexicalIndex, _Ranked(self.public_index, public)), query, limit)
+        return [*ranked, *[(PUBLIC, doc, score) for doc, score in public]]
+
     async def user_hits(self, scope: str, owner_id: str, query: str, limit: int) -> list[tuple[int, float]]:
         """One user's ranking in the private or chat scope (the index is built on first use)."""
-        index = self._loaded(scope, owner_id) or await self._build(scope, owner_id)
-        return await self._search(index, query, limit)
+        return await self._search(await self._user_index(scope, owner_id), query, limit)
+
+    async def _user_index(self, scope: str, owner_id: str) -> LexicalIndex:
+        index = self._loaded(scope, owner_id)  # (an empty index is falsy: compared with None)
+        return index if index is not None else await self._build(scope, owner_id)
 
     async def _build(self, scope: str, owner_id: str) -> LexicalIndex:
         """A user's index from the database, then kept in the LRU cache. The rows are read in

@@ -119,10 +119,7 @@ class MemoryService:
     async def search(self, user_id: str, query: str, *, limit: int) -> list[Hit]:
         """The best `limit` hits of each scope (private, chat, knowledge base), merged, best first."""
         await self.sync.refresh()
-        ranked: list[tuple[str, int, float]] = []
-        for scope in (PRIVATE, CHAT):
-            ranked.extend((scope, doc, score) for doc, score in await self.sync.user_hits(scope, user_id, query, limit))
-        ranked.extend((PUBLIC, doc, score) for doc, score in await self.sync.public_hits(query, limit))
+        ranked = await self.sync.hits(user_id, (PRIVATE, CHAT), query, limit)
         async with self.db.read() as db:
             return await hits_for(db, ranked, owner_id=user_id)
 

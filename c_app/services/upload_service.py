@@ -8,8 +8,9 @@ show it. Frames, frames x pixels and decoded bytes are checked against the setti
 Pillow decode, in a worker thread, at most UPLOAD_DECODE_CONCURRENCY images at once. Whatever a decoder
 raises on a malformed file is a 400.
 
-What is stored is the image alone: a file with metadata or unknown blocks is written again without
-them; bytes after the image's end are cut off; a clean file is kept byte for byte.
+What is stored is the image alone: metadata and unknown blocks are left out of the bytes and bytes after
+the image's end cut off (every pixel as sent); it is decoded and written again only when that cannot
+be done (a BMP, a photo turned by its EXIF orientation). A clean file is kept byte for byte.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def _png_layout(data: bytes) -> _Layout:
         if kind == b"IEND":
             layout.end = pos if pos <= len(data) else None
             break
+    # An APNG's frames are a numbered sequence of chunks: one that had to be dropped may have been a
+    # damaged part of it, and Pillow then refuses the first frame of the stored copy. Written again.
+    layout.reencode = layout.frames > 1 and bool(layout.drop)
     return layout
 
 
@@ -515,8 +519,8 @@ class UploadService:
         temp = self.directory / f".incoming-{uuid.uuid4().hex}"
         clean = temp.with_name(temp.name + ".clean")
         try:
-            # `size` stays what the client sent (the seed's meaning); metadata stripping only ever shrinks
-            # a file by its metadata, so the quota counted in received bytes is the safe side.
+            # `size` stays what the client sent (the seed's meaning), and the quota counts it: leaving
+            # metadata out only shrinks a file; the rare image written again stays within its limits.
             size = await self._copy_limited(file, temp)
             info = await anyio.to_thread.run_sync(
                 _inspect_image, temp, clean, self.limits, limiter=self._decoding

@@ -1,0 +1,133 @@
+"""The operator console's models: /api/v1/admin/stats/..., /gaps, /conversations.
+
+Every series has one point per UTC day, oldest first, `days` giving the dates ("YYYY-MM-DD")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .customer import Text
+from .history import MessageItem
+from .knowledge import QUESTION_MAX
+
+Outcome = Literal["answered", "clarified", "no_match", "handoff", "smalltalk", "blocked"]
+OUTCOME_NAMES: tuple[str, ...] = ("answered", "clarified", "no_match", "handoff", "smalltalk", "blocked")
+GapKind = Literal["all", "no_match", "clarified", "disliked", "handoff"]
+GAP_KINDS: tuple[str, ...] = ("no_match", "clarified", "disliked", "handoff")
+Rating = Literal["like", "dislike"]
+
+
+class TurnStats(BaseModel):
+    days: list[str]
+    counts: list[int]  # assistant messages per day
+
+
+class OutcomeSeries(BaseModel):
+    answered: list[int]
+    clarified: list[int]
+    no_match: list[int]
+    handoff: list[int]
+    smalltalk: list[int]
+    blocked: list[int]
+
+
+class OutcomeStats(BaseModel):
+    days: list[str]
+    series: OutcomeSeries
+
+
+class FeedbackStats(BaseModel):
+    days: list[str]
+    likes: list[int]  # by the day the rating was given
+    dislikes: list[int]
+
+
+class TopQuestion(BaseModel):
+    question: str
+    count: int
+
+
+class TopQuestions(BaseModel):
+    items: list[TopQuestion]
+
+
+class TopEntry(BaseModel):
+    id: int
+    question: str
+    title: str
+    count: int
+
+
+class TopEntries(BaseModel):
+    items: list[TopEntry]
+
+
+class GapKinds(BaseModel):
+    no_match: int = 0
+    clarified: int = 0
+    disliked: int = 0
+    handoff: int = 0
+
+
+class SuggestedEntry(BaseModel):
+    id: int
+    question: str
+    score: float
+
+
+class Gap(BaseModel):
+    question: str  # the newest wording of the question
+    count: int  # answers in the group
+    kinds: GapKinds
+    last_at: str  # ISO time of the newest answer (or dislike) in the group
+    suggested_entries: list[SuggestedEntry]
+
+
+class GapPage(BaseModel):
+    total: int
+    page: int
+    page_size: int
+    items: list[Gap]
+
+
+class ResolveGapRequest(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    question: Text = Field(min_length=1, max_length=QUESTION_MAX)
+    entry_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class OutcomeCounts(BaseModel):
+    answered: int = 0
+    clarified: int = 0
+    no_match: int = 0
+    handoff: int = 0
+    smalltalk: int = 0
+    blocked: int = 0
+
+
+class ConversationSummary(BaseModel):
+    session_id: str
+    user_id: str
+    title: str
+    message_count: int
+    created_at: str
+    last_activity: str
+    status: str
+    outcomes: OutcomeCounts
+    likes: int
+    dislikes: int
+
+
+class ConversationPage(BaseModel):
+    total: int
+    page: int
+    page_size: int
+    items: list[ConversationSummary]
+
+
+class ConversationDetail(BaseModel):
+    session: ConversationSummary
+    messages: list[MessageItem]
