@@ -95,7 +95,20 @@ def seed_history(db_path: str) -> None:
             )[0]
             rating = rng.choices([None, "like", "dislike"], weights=[70, 24, 6])[0]
             at = (when + timedelta(minutes=7 * n)).strftime("%Y-%m-%d %H:%M:%S.%f")
-            rows.append(("s_history", "history_user", "assistant", "……", "complete", "knowledge_base", outcome, at, rating, at if rating else None))
+            rows.append(
+                (
+                    "s_history",
+                    "history_user",
+                    "assistant",
+                    "……",
+                    "complete",
+                    "knowledge_base",
+                    outcome,
+                    at,
+                    rating,
+                    at if rating else None,
+                )
+            )
     with sqlite3.connect(db_path) as conn:
         conn.execute(
             "INSERT INTO chat_sessions (id, user_id, title, description, status, metadata, message_count, created_at, last_activity_at)"
@@ -136,7 +149,9 @@ def page() -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 820}, locale="zh-CN", accept_downloads=True)
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 820}, locale="zh-CN", accept_downloads=True
+            )
             context.add_init_script(WATCH_CSP)
             tab = context.new_page()
             tab.set_default_timeout(TIMEOUT_MS)
@@ -196,6 +211,16 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
     assert page.locator("#import-progress").evaluate("p => p.value") == 100
     expect(page.locator("#kb-total")).to_have_text(str(before + 2))
 
+    # Paging and the category filter.
+    page.locator("#kb-pager").get_by_role("button", name="下一页").click()
+    expect(page.locator("#kb-pager")).to_contain_text("第 2 / 5 页")
+    expect(page.locator("#kb-rows tr").first).to_have_attribute("data-id", "21")
+    page.fill("#kb-category", "会员")
+    page.click("#kb-filter button[type=submit]")
+    expect(page.locator("#kb-total")).to_have_text("2")
+    expect(page.locator("#kb-pager")).to_contain_text("第 1 / 1 页")
+    page.fill("#kb-category", "")
+
     # Search, edit the answer with a live preview, save; the next customer gets the new text.
     page.fill("#kb-q", "会员积分")
     page.click("#kb-filter button[type=submit]")
@@ -204,7 +229,7 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
     expect(page.locator("#editor")).to_be_visible()
     expect(page.locator("#ed-question")).to_have_value("会员积分多久会过期？")
     expect(page.locator("#ed-similar")).to_have_value("积分什么时候清零")
-    page.fill("#ed-answer", EDITED_ANSWER + "\n<img src=x onerror=\"window.__pwned=1\">")
+    page.fill("#ed-answer", EDITED_ANSWER + '\n<img src=x onerror="window.__pwned=1">')
     expect(page.locator("#ed-preview strong")).to_have_text("24 个月")
     expect(page.locator("#ed-preview")).to_contain_text("<img src=x")  # text, not an element
     assert page.locator("#ed-preview img").count() == 0
@@ -242,7 +267,9 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
 
     # A question the knowledge base cannot answer becomes a gap; resolving it answers the next customer.
     first = ask(base_url, "customer_b", GAP_QUESTION)
-    (outcome,) = stored(db_path, "SELECT outcome FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1")[0]
+    (outcome,) = stored(
+        db_path, "SELECT outcome FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    )[0]
     assert outcome in ("no_match", "clarified"), outcome
     page.get_by_role("tab", name="知识缺口").click()
     gap = page.locator(f".gap[data-question='{GAP_QUESTION}']")
@@ -252,7 +279,9 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
     entry_id = int(suggestion.get_attribute("data-entry-id"))
     suggestion.get_by_role("button", name="添加为相似问题").click()
     expect(page.locator(f".gap[data-question='{GAP_QUESTION}']")).to_have_count(0)
-    ((similar, answer),) = stored(db_path, "SELECT similar_questions, content FROM memories WHERE id = ?", entry_id)
+    ((similar, answer),) = stored(
+        db_path, "SELECT similar_questions, content FROM memories WHERE id = ?", entry_id
+    )
     assert GAP_QUESTION in json.loads(similar)
     second = ask(base_url, "customer_c", GAP_QUESTION)
     assert second != first
@@ -270,18 +299,21 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
     assert "仅支持人民币" in ask(base_url, "customer_e", "可以用外币现金付款吗")
 
     # Figures: one point per requested day in each daily chart, drawn by uPlot.
+    ((first_answer,),) = stored(
+        db_path, "SELECT id FROM messages WHERE role = 'assistant' ORDER BY id LIMIT 1"
+    )
     with httpx.Client(base_url=base_url) as client:
         client.post(
-            "/api/v1/chat/message/{}/feedback".format(
-                stored(db_path, "SELECT id FROM messages WHERE role='assistant' ORDER BY id LIMIT 1")[0][0]
-            ),
+            f"/api/v1/chat/message/{first_answer}/feedback",
             json={"rating": "like"},
             params={"user_id": "customer_a"},
-        )
+        ).raise_for_status()
     page.get_by_role("tab", name="数据统计").click()
     for chart in ("#chart-turns", "#chart-outcomes", "#chart-feedback"):
         expect(page.locator(chart)).to_have_attribute("data-points", "14")
         expect(page.locator(f"{chart} canvas")).to_have_count(1)
+    # data-points is read back from the uPlot instance; its legend names the series.
+    expect(page.locator("#chart-feedback .u-legend")).to_contain_text("有帮助")
     page.select_option("#fig-days", "7")
     expect(page.locator("#chart-turns")).to_have_attribute("data-points", "7")
     expect(page.locator("#chart-outcomes")).to_have_attribute("data-points", "7")
@@ -381,9 +413,16 @@ def test_console_refuses_without_the_token(make_settings: Callable[..., Settings
     with serve(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         client.post(
             "/api/v1/chat/stream",
-            json={"user_id": "secret_user", "session_id": "s_secret", "message": {"role": "user", "content": "怎么退货"}},
+            json={
+                "user_id": "secret_user",
+                "session_id": "s_secret",
+                "message": {"role": "user", "content": "怎么退货"},
+            },
         ).raise_for_status()
-        assert client.get("/api/v1/admin/knowledge", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+        assert (
+            client.get("/api/v1/admin/knowledge", headers={"Authorization": f"Bearer {ADMIN}"}).status_code
+            == 200
+        )
 
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             for method, path, body in CONSOLE_ROUTES:
@@ -405,8 +444,15 @@ def test_console_refuses_without_the_token(make_settings: Callable[..., Settings
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "connect-src 'self'" in csp
         texts = [shell.text]
         for asset in (
-            "admin.js", "admin-core.js", "admin-kb.js", "admin-gaps.js", "admin-charts.js",
-            "admin-conversations.js", "admin.css", "markdown.js", "vendor/uplot/uPlot.iife.min.js",
+            "admin.js",
+            "admin-core.js",
+            "admin-kb.js",
+            "admin-gaps.js",
+            "admin-charts.js",
+            "admin-conversations.js",
+            "admin.css",
+            "markdown.js",
+            "vendor/uplot/uPlot.iife.min.js",
         ):
             response = client.get(f"/admin/assets/{asset}")
             assert response.status_code == 200, asset

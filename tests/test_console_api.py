@@ -93,7 +93,8 @@ async def add_session(app, session_id: str, user_id: str, turns: list[dict[str, 
     return messages
 
 
-async def known_dataset(app) -> None:
+async def known_dataset(app, a: int = 7, b: int = 9) -> None:
+    """Entries `a` and `b` are cited as sources (with a private memory 3)."""
     await add_session(
         app,
         "s1",
@@ -102,21 +103,21 @@ async def known_dataset(app) -> None:
             {
                 "q": "怎么退货",
                 "at": today_at(0),
-                "sources": [source(7)],
+                "sources": [source(a)],
                 "feedback": "like",
                 "feedback_at": today_at(0, 2),
             },
             {
                 "q": "  怎么退货 ",
                 "at": today_at(2),
-                "sources": [source(7), source(3, "private"), source(9)],
+                "sources": [source(a), source(3, "private"), source(b)],
                 "feedback": "dislike",
                 "feedback_at": today_at(1),
             },
         ],
     )
     await add_session(app, "s2", "u2", [{"q": "运费多少", "at": today_at(5), "outcome": "no_match"}])
-    await add_session(app, "s3", "u3", [{"q": "怎么退货", "at": today_at(40), "sources": [source(9)]}])
+    await add_session(app, "s3", "u3", [{"q": "怎么退货", "at": today_at(40), "sources": [source(b)]}])
 
 
 async def get(client, path: str, **params: Any) -> dict[str, Any]:
@@ -207,7 +208,12 @@ async def test_daily_series_are_filled_and_counted(admin):
 
 async def test_top_questions_and_entries(admin):
     app, client = admin
-    await known_dataset(app)
+    created = await client.post(
+        f"{ADMIN}/knowledge", json={"question": "怎么退货？", "title": "退货", "answer": "7天无理由。"}
+    )
+    a = created.json()["data"]["id"]
+    b = a + 100  # an entry deleted since it was cited
+    await known_dataset(app, a, b)
     top = await get(client, "stats/top-questions", days=30)
     assert top == {"items": [{"question": "怎么退货", "count": 2}, {"question": "运费多少", "count": 1}]}
     assert (await get(client, "stats/top-questions", days=41))["items"][0] == {
@@ -219,14 +225,14 @@ async def test_top_questions_and_entries(admin):
     entries = await get(client, "stats/top-entries", days=30)
     assert entries == {
         "items": [
-            {"id": 7, "question": "问题7", "title": "标题7", "count": 2},
-            {"id": 9, "question": "问题9", "title": "标题9", "count": 1},
+            {"id": a, "question": "怎么退货？", "title": "退货", "count": 2},
+            {"id": b, "question": "", "title": "", "count": 1},
         ]
     }  # the private source is not an entry
     wider = await get(client, "stats/top-entries", days=41)
-    assert [(i["id"], i["count"]) for i in wider["items"]] == [(7, 2), (9, 2)]  # ties: by id
+    assert [(i["id"], i["count"]) for i in wider["items"]] == [(a, 2), (b, 2)]  # ties: by id
     assert (await get(client, "stats/top-entries", days=1))["items"] == [
-        {"id": 7, "question": "问题7", "title": "标题7", "count": 1}
+        {"id": a, "question": "怎么退货？", "title": "退货", "count": 1}
     ]
 
 

@@ -383,3 +383,17 @@ def test_run_server_bounds_headers_under_both_parsers(tmp_path: Path) -> None:
         with server_process(command, folder, port) as (base, _log):
             _huge_header_refused(base)
             assert httpx.get(base + "/health", headers={"X-Ok": "a" * 4000}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("declared", ["²", "١٢٣", "9" * 5000, "-1", "+5", " 5"])
+async def test_a_content_length_that_is_not_plain_digits_is_refused_not_a_500(client, declared) -> None:
+    async def body() -> Any:
+        yield b'{"user_id": "u1"}'
+
+    # httpx would compute its own Content-Length: send the raw header through the ASGI transport.
+    response = await client.post(
+        "/api/v1/chat/session/create",
+        content=body(),
+        headers={b"content-length": declared.encode(), b"content-type": b"application/json"},
+    )
+    assert_envelope(response, 413)

@@ -132,7 +132,9 @@ async def test_a_huge_memory_update_leaves_the_loop_free(start_app, monkeypatch)
     _, client = await start_app()
     added = await client.post("/api/v1/chat/memory/add", json={"user_id": "u1", "content": "我住在上海"})
     memory_id = added.json()["data"]["memory_id"]
-    assert (await client.post(RETRIEVE, json={"user_id": "u1", "query": "上海"})).status_code == 200  # index built
+    assert (
+        await client.post(RETRIEVE, json={"user_id": "u1", "query": "上海"})
+    ).status_code == 200  # index built
 
     events: list[str] = []
     gate = Gate(events)
@@ -159,7 +161,9 @@ async def test_a_markdown_import_is_parsed_off_the_loop(start_app, monkeypatch) 
     _, client = await start_app(admin_token="t0k", load_sample_kb=False)
     hostile = "# a" + " " * 1_500 + "x\n正文\n"  # cubic in the old heading pattern
     upload = {"files": {"file": ("hostile.md", hostile.encode())}}
-    heavy = asyncio.create_task(client.post(f"{KB}/import", headers={"Authorization": "Bearer t0k"}, **upload))
+    heavy = asyncio.create_task(
+        client.post(f"{KB}/import", headers={"Authorization": "Bearer t0k"}, **upload)
+    )
     (response,) = await health_while_held(client, gate, heavy)
     assert response.status_code == 200, response.text
     assert response.json()["data"]["created"] == 1
@@ -173,7 +177,17 @@ _OLD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 @pytest.mark.parametrize(
     "line",
-    ["# 标题", "## 怎么退货？ ##", "### a #b# ", "####### 七级", "#没有空格", "# ", "#  ", "# ###", "#\t\u3000x\u3000#"],
+    [
+        "# 标题",
+        "## 怎么退货？ ##",
+        "### a #b# ",
+        "####### 七级",
+        "#没有空格",
+        "# ",
+        "#  ",
+        "# ###",
+        "#\t\u3000x\u3000#",
+    ],
 )
 def test_headings_read_as_the_pattern_read_them(line: str) -> None:
     match = _OLD_HEADING.match(line)  # short lines only: the pattern is fine there
@@ -193,7 +207,9 @@ def test_a_long_paragraph_is_cut_into_chunks() -> None:
 # -- CSV formulas --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''", "'a", "a=1", ""])
+@pytest.mark.parametrize(
+    "value", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''", "'a", "a=1", ""]
+)
 def test_csv_cell_escape_round_trips(value: str) -> None:
     cell = formats.escape_cell(value)
     assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
@@ -202,7 +218,7 @@ def test_csv_cell_escape_round_trips(value: str) -> None:
 
 FORMULAS = [
     {
-        "external_id": "=HYPERLINK(\"http://evil\")",
+        "external_id": '=HYPERLINK("http://evil")',
         "title": "+标题",
         "category": "-分类",
         "question": "@SUM(1+1)怎么算？",

@@ -29,7 +29,16 @@ SHOP_KB: list[tuple[int, list[str]]] = [
 def _filler(i: int) -> str:
     # Deterministic, varied distractor questions for a bigger index.
     items = ["手机", "电脑", "耳机", "衣服", "鞋子", "水杯", "台灯", "书包", "雨伞", "茶叶", "奶粉", "牙刷"]
-    asks = ["多少钱", "有现货吗", "是什么颜色", "保修多久", "能便宜点吗", "是正品吗", "有什么尺寸", "适合送人吗"]
+    asks = [
+        "多少钱",
+        "有现货吗",
+        "是什么颜色",
+        "保修多久",
+        "能便宜点吗",
+        "是正品吗",
+        "有什么尺寸",
+        "适合送人吗",
+    ]
     return f"{items[i % len(items)]}{i}号款{asks[(i // len(items)) % len(asks)]}"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Integer,
+    Text,
     and_,
     case,
     cast,
@@ -113,40 +113,49 @@ async def top_questions(db: AsyncSession, *, start: datetime, limit: int) -> lis
 
 async def top_entries(db: AsyncSession, *, start: datetime, limit: int) -> list[tuple[int, str, str, int]]:
     """Knowledge-base entries most often among answers' sources (type public) since `start`:
-    (id, question, title, count), the question and title as the newest answer quoted them."""
-    answered = and_(Message.role == ASSISTANT, Message.created_at >= start)
-    conditions: list[ColumnElement[bool]] = [answered]
+    (id, question, title, count), the question and title as the entry has them now (empty for an
+    entry deleted since).
+
+    Only the id and type are read from each source (reading the JSON is what this query spends
+    its time on); the top ids are then joined to `memories`. A cheap text test skips the answers
+    without sources (stored as JSON null) before any JSON is parsed."""
+    conditions: list[ColumnElement[bool]] = [Message.role == ASSISTANT, Message.created_at >= start]
     if _dialect(db) == "postgresql":
-        doc = cast(Message.sources, JSONB)
-        array = case((func.jsonb_typeof(doc) == "array", doc), else_=cast(literal_column("'[]'"), JSONB))
+        # The JSON column cast to jsonb once, and only when its text is a list (never a JSON null).
+        is_list = cast(Message.sources, Text).like("[%")
+        array = case((is_list, cast(Message.sources, JSONB)), else_=cast(literal_column("'[]'"), JSONB))
         element = func.jsonb_array_elements(array).table_valued("value").render_derived(name="src")
 
         def field(name: str) -> ColumnElement[Any]:
-            return element.c.value.op("->>")(name)
+            # A literal key: the same expression in SELECT, GROUP BY and ORDER BY must match.
+            return element.c.value.op("->>")(literal_column(f"'{name}'"))
 
         entry_id: ColumnElement[Any] = cast(field("id"), BigInteger)
+        conditions.append(is_list)
     else:
         element = func.json_each(Message.sources).table_valued("value").alias("src")
 
         def field(name: str) -> ColumnElement[Any]:
-            return func.json_extract(element.c.value, f"$.{name}")
+            return func.json_extract(element.c.value, literal_column(f"'$.{name}'"))
 
-        entry_id = cast(field("id"), Integer)
-        conditions += [Message.sources.is_not(None), func.json_type(Message.sources) == "array"]
-    source = (
-        select(entry_id.label("id"), field("question").label("question"), field("title").label("title"))
+        entry_id = field("id")
+        conditions.append(cast(Message.sources, Text).like("[%"))  # stored as text on SQLite
+    count = func.count().label("n")
+    top = (
+        select(entry_id.label("id"), count)
         .select_from(Message)
         .join(element, true())
-        .where(*conditions, field("type") == PUBLIC)
-    )
-    src = source.subquery("s")
-    count = func.count().label("n")
-    query = (
-        select(src.c.id, func.max(src.c.question), func.max(src.c.title), count)
-        .where(src.c.id.is_not(None))
-        .group_by(src.c.id)
-        .order_by(count.desc(), src.c.id)
+        .where(*conditions, field("type") == PUBLIC, entry_id.is_not(None))
+        .group_by(entry_id)
+        .order_by(count.desc(), entry_id)
         .limit(limit)
+        .subquery("top")
+    )
+    query = (
+        select(top.c.id, Memory.question, Memory.title, top.c.n)
+        .select_from(top)
+        .outerjoin(Memory, and_(Memory.id == top.c.id, Memory.scope == PUBLIC))
+        .order_by(top.c.n.desc(), top.c.id)
     )
     rows: list[Any] = list((await db.execute(query)).all())
     return [(int(i), str(q or ""), str(t or ""), int(n)) for i, q, t, n in rows]
@@ -163,11 +172,6 @@ async def gap_rows(
     right before the answer in its session (the previous id), when that message is the user's."""
     answer = aliased(Message, name="a")
     question = aliased(Message, name="q")
-    previous = (
-        select(func.max(Message.id))
-        .where(Message.session_id == answer.session_id, Message.id < answer.id)
-        .scalar_subquery()
-    )
     kinds: list[ColumnElement[bool]] = []
     if outcomes:
         kinds.append(answer.outcome.in_(list(outcomes)))
@@ -175,19 +179,39 @@ async def gap_rows(
         kinds.append(answer.feedback == "dislike")
     if not kinds:
         return []
-    query = (
+    previous = (
+        select(func.max(Message.id))
+        .where(Message.session_id == answer.session_id, Message.id < answer.id)
+        .scalar_subquery()
+    )
+    # First the answers (a range of ix_messages_role_created_outcome) with the id of the message
+    # before each (one probe of ix_messages_session_id_id), then that message by primary key.
+    answers = (
         select(
             answer.id,
             answer.outcome,
             answer.feedback,
             answer.created_at,
             answer.feedback_at,
-            question.content,
+            previous.label("previous_id"),
         )
-        .join(question, and_(question.session_id == answer.session_id, question.id == previous))
-        .where(answer.role == ASSISTANT, answer.created_at >= start, or_(*kinds), question.role == USER)
+        .where(answer.role == ASSISTANT, answer.created_at >= start, or_(*kinds))
         .order_by(answer.created_at.desc(), answer.id.desc())
         .limit(limit)
+        .subquery("answers")
+    )
+    query = (
+        select(
+            answers.c.id,
+            answers.c.outcome,
+            answers.c.feedback,
+            answers.c.created_at,
+            answers.c.feedback_at,
+            question.content,
+        )
+        .join(question, question.id == answers.c.previous_id)
+        .where(question.role == USER)
+        .order_by(answers.c.created_at.desc(), answers.c.id.desc())
     )
     return [dict(row._mapping) for row in (await db.execute(query)).all()]
 

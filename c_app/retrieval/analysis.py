@@ -30,15 +30,29 @@ def analyze(query: str, index: LexicalIndex | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     if index is not None:
         for term, count, weight, known in index.query_terms(query):
-            rows.append({"term": term[1:], "kind": _KIND_NAMES[term[0]], "count": count,
-                         "weight": round(weight, 3), "in_index": known})
+            rows.append(
+                {
+                    "term": term[1:],
+                    "kind": _KIND_NAMES[term[0]],
+                    "count": count,
+                    "weight": round(weight, 3),
+                    "in_index": known,
+                }
+            )
     else:
         params = Params()
         for term, count in Counter(ordered).items():
             p = background.doc_prob(term)
             idf = math.log1p((1.0 - p + 0.5 / params.prior_docs) / (p + 0.5 / params.prior_docs))
-            rows.append({"term": term[1:], "kind": _KIND_NAMES[term[0]], "count": count,
-                         "weight": round(params.kind_weight[term[0]] * idf, 3), "in_index": None})
+            rows.append(
+                {
+                    "term": term[1:],
+                    "kind": _KIND_NAMES[term[0]],
+                    "count": count,
+                    "weight": round(params.kind_weight[term[0]] * idf, 3),
+                    "in_index": None,
+                }
+            )
     rows.sort(key=lambda r: -r["weight"])
     return {
         "original": query,

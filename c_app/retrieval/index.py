@@ -257,7 +257,9 @@ class LexicalIndex:
                 off, n = int(self._off[slot]), int(self._cnt[slot])
                 counts = {
                     self._terms[t]: int(tf)
-                    for t, tf in zip(self._flat_t[off : off + n].tolist(), self._flat_tf[off : off + n].tolist())
+                    for t, tf in zip(
+                        self._flat_t[off : off + n].tolist(), self._flat_tf[off : off + n].tolist()
+                    )
                 }
                 new_slots.append(fresh._add_unit(doc_id, counts, float(self._unit_w[slot])))
             fresh._doc_slots[doc_id] = new_slots

@@ -95,12 +95,16 @@ class _Ranked:
         return doc_id in self.index
 
 
-async def iter_scope(db: Database, *, scope: str, owner_id: str, batch: int = 1000) -> AsyncIterator[list[Memory]]:
+async def iter_scope(
+    db: Database, *, scope: str, owner_id: str, batch: int = 1000
+) -> AsyncIterator[list[Memory]]:
     """One owner's memories of a scope in id order, a batch per short read (no transaction held open)."""
     after = 0
     while True:
         async with db.read() as session:
-            rows = await repo.list_for_owner(session, scope=scope, owner_id=owner_id, after_id=after, limit=batch)
+            rows = await repo.list_for_owner(
+                session, scope=scope, owner_id=owner_id, after_id=after, limit=batch
+            )
         if rows:
             yield rows
         if len(rows) < batch:
@@ -149,7 +153,9 @@ class IndexSync:
         async with self.db.read() as session:
             self._last_seq = await repo.last_change(session)
         async for rows in iter_scope(self.db, scope=PUBLIC, owner_id="", batch=_LOAD_BATCH):
-            await self._off_loop(_upsert_all, self.public_index, [(row.id, index_fields(row)) for row in rows])
+            await self._off_loop(
+                _upsert_all, self.public_index, [(row.id, index_fields(row)) for row in rows]
+            )
         self._last_poll = time.monotonic()
         self._public_loaded = True
         logger.info("public index loaded: %d entries", len(self.public_index))
@@ -218,22 +224,30 @@ class IndexSync:
         if self.dense is not None:
             # DenseSearch.search asks the lexical index for this many (its pool) and fuses them.
             ranked = await self._search(self.public_index, query, max(limit * 4, 20))
-            return await self.dense.search(cast(LexicalIndex, _Ranked(self.public_index, ranked)), query, limit)
+            return await self.dense.search(
+                cast(LexicalIndex, _Ranked(self.public_index, ranked)), query, limit
+            )
         return await self._search(self.public_index, query, limit)
 
-    async def hits(self, owner_id: str, scopes: Iterable[str], query: str, limit: int) -> list[tuple[str, int, float]]:
+    async def hits(
+        self, owner_id: str, scopes: Iterable[str], query: str, limit: int
+    ) -> list[tuple[str, int, float]]:
         """`user_hits` of each of the user's `scopes`, then `public_hits`, as (scope, doc, score):
         one trip to a worker thread for all of them (each trip costs two thread wake-ups)."""
         indexes = [(scope, await self._user_index(scope, owner_id)) for scope in scopes]
         pool = max(limit * 4, 20) if self.dense is not None else limit  # DenseSearch.search's pool
 
         def search_all(query: str) -> tuple[list[tuple[str, int, float]], list[tuple[int, float]]]:
-            mine = [(scope, doc, score) for scope, index in indexes for doc, score in index.search(query, limit)]
+            mine = [
+                (scope, doc, score) for scope, index in indexes for doc, score in index.search(query, limit)
+            ]
             return mine, self.public_index.search(query, pool)
 
         ranked, public = await self._searching(search_all, query)
         if self.dense is not None:
-            public = await self.dense.search(cast(LexicalIndex, _Ranked(self.public_index, public)), query, limit)
+            public = await self.dense.search(
+                cast(LexicalIndex, _Ranked(self.public_index, public)), query, limit
+            )
         return [*ranked, *[(PUBLIC, doc, score) for doc, score in public]]
 
     async def user_hits(self, scope: str, owner_id: str, query: str, limit: int) -> list[tuple[int, float]]:
@@ -320,6 +334,8 @@ class IndexSync:
         for change in foreign:
             row = rows.get(change.memory_id)
             # Queued: the search this refresh comes before applies it, in its worker thread.
-            self._deliver(change.scope, change.owner_id, change.memory_id, None if row is None else index_fields(row))
+            self._deliver(
+                change.scope, change.owner_id, change.memory_id, None if row is None else index_fields(row)
+            )
         if self.dense is not None and self._public_loaded:
             self.dense.schedule_ids(c.memory_id for c in foreign if c.scope == PUBLIC)

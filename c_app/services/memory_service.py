@@ -69,7 +69,13 @@ class MemoryService:
         category = str(meta.get("category", ""))[:100]
         async with self.sync.writing() as db:
             row = await repo.add(
-                db, scope=PRIVATE, owner_id=user_id, content=content, title=title, category=category, meta=meta
+                db,
+                scope=PRIVATE,
+                owner_id=user_id,
+                content=content,
+                title=title,
+                category=category,
+                meta=meta,
             )
         self.sync.applied([row])
         return row

@@ -7,6 +7,8 @@ counted as it is read and refused the moment it passes the limit. Both answer 41
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .error_handler import envelope
 
 TOO_LARGE = "请求体过大"
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class BodyLimit:
@@ -28,7 +33,8 @@ class BodyLimit:
             return
         limit = self.per_path.get(scope["path"], self.default)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        # ASCII digits only ("²".isdigit() is true, and int() refuses it), and no more than a limit can need.
+        if declared is not None and not (_DIGITS.fullmatch(declared) and int(declared) <= limit):
             await envelope(413, TOO_LARGE, "HTTPException")(scope, receive, send)
             return
         received = 0

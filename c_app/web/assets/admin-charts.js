@@ -1,7 +1,7 @@
 // 数据统计 tab: turns per day (line), outcome shares per day (stacked bars of percentages),
 // 👍/👎 per day (bars), top questions and top entries (horizontal bars).
 // Charts are drawn by uPlot (vendored, window.uPlot). Each chart's container carries
-// data-points="<n>": the number of days drawn.
+// data-points="<n>": the number of points (days) the drawn chart holds (0 when nothing is drawn).
 
 import { $, api, el, report } from "./admin-core.js";
 
@@ -53,7 +53,7 @@ function draw(id, days, opts, data) {
   const container = $(id);
   charts.get(id)?.destroy();
   container.replaceChildren();
-  container.dataset.points = String(days.length);
+  container.dataset.points = "0";
   if (!window.uPlot) {
     container.append(el("p", { class: "muted", textContent: "图表组件未加载" }));
     return;
@@ -62,7 +62,9 @@ function draw(id, days, opts, data) {
     container.append(el("p", { class: "muted", textContent: "暂无数据" }));
     return;
   }
-  charts.set(id, new window.uPlot(opts, data, container));
+  const chart = new window.uPlot(opts, data, container);
+  charts.set(id, chart);
+  container.dataset.points = String(chart.data[0].length); // what uPlot holds, not what was asked for
 }
 
 function turnsChart(stats) {
