@@ -75,7 +75,10 @@ class ChatSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_chat_sessions_user_activity", "user_id", "last_activity_at"),)
+    __table_args__ = (
+        Index("ix_chat_sessions_user_activity", "user_id", "last_activity_at"),
+        Index("ix_chat_sessions_last_activity_at", "last_activity_at"),  # retention
+    )
 
 
 class Message(Base):
@@ -103,7 +106,8 @@ class Message(Base):
 
     __table_args__ = (
         Index("ix_messages_session_id_id", "session_id", "id"),
-        Index("ix_messages_role_created_at", "role", "created_at"),  # figures per day
+        Index("ix_messages_role_created_outcome", "role", "created_at", "outcome"),  # figures per day
+        Index("ix_messages_feedback_at", "feedback_at", "feedback"),  # ratings per day
     )
 
 
@@ -128,6 +132,7 @@ class Memory(Base):
     __table_args__ = (
         Index("ix_memories_scope_owner_id", "scope", "owner_id", "id"),
         Index("uq_memories_scope_owner_external", "scope", "owner_id", "external_id", unique=True),
+        Index("ix_memories_scope_created_at", "scope", "created_at"),  # retention
     )
 
 
@@ -155,7 +160,7 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True, default=utcnow)  # retention
 
 
 class AppMeta(Base):

@@ -1,4 +1,4 @@
-"""what each answer did (answered, clarified, no_match, handoff, smalltalk, blocked), and an index for figures per day
+"""what each answer did (answered, clarified, no_match, handoff, smalltalk, blocked); its index is in 0007
 
 Revision ID: 0006
 Revises: 0005
@@ -16,10 +16,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("outcome", sa.String(length=16), nullable=True))
-    op.create_index("ix_messages_role_created_at", "messages", ["role", "created_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_messages_role_created_at", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("outcome")
