@@ -116,7 +116,9 @@ async def measure(rounds: int, workdir: Path, database: dict[str, Any]) -> dict[
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
@@ -132,7 +134,9 @@ async def main() -> None:
             conn = await asyncpg.connect(plain)
             try:
                 await conn.execute(f'CREATE SCHEMA "{schema}"')
-                figures = await measure(args.rounds, workdir, {"database_url": url, "database_schema": schema})
+                figures = await measure(
+                    args.rounds, workdir, {"database_url": url, "database_schema": schema}
+                )
             finally:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
                 await conn.close()
@@ -144,8 +148,10 @@ async def main() -> None:
             "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 1),
             "max_ms": round(ms[-1], 1),
         }
-        print(f"{kind:17} p50 {summary[kind]['p50_ms']:7.1f} ms   p90 {summary[kind]['p90_ms']:7.1f} ms"
-              f"   max {summary[kind]['max_ms']:7.1f} ms   ({len(ms)} changes)")
+        print(
+            f"{kind:17} p50 {summary[kind]['p50_ms']:7.1f} ms   p90 {summary[kind]['p90_ms']:7.1f} ms"
+            f"   max {summary[kind]['max_ms']:7.1f} ms   ({len(ms)} changes)"
+        )
     print(json.dumps(summary, ensure_ascii=False))
 
 

@@ -55,7 +55,9 @@ async def prepare(settings: Settings, sessions: int, history: int) -> None:
             await sessions_repo.create(s, session_id=sid, user_id=f"u{n}", title="bench")
             for i in range(history):
                 role = "user" if i % 2 == 0 else "assistant"
-                await messages_repo.add(s, session_id=sid, user_id=f"u{n}", role=role, content=f"历史消息{i}，关于退货和发票。")
+                await messages_repo.add(
+                    s, session_id=sid, user_id=f"u{n}", role=role, content=f"历史消息{i}，关于退货和发票。"
+                )
             await sessions_repo.record_messages(s, sid, count=history, at=datetime.now(UTC))
     await services.aclose()
 
@@ -85,7 +87,11 @@ async def one_direct(client: httpx.AsyncClient, url: str) -> tuple[float, float]
 
 
 async def one_app(client: httpx.AsyncClient, url: str, n: int) -> tuple[float, float]:
-    body = {"user_id": f"u{n}", "session_id": f"bench-{n}", "message": {"role": "user", "content": "买的东西不想要了怎么退货？"}}
+    body = {
+        "user_id": f"u{n}",
+        "session_id": f"bench-{n}",
+        "message": {"role": "user", "content": "买的东西不想要了怎么退货？"},
+    }
     start = time.perf_counter()
     first = 0.0
     async with client.stream("POST", url + "/api/v1/chat/stream", json=body) as response:
@@ -126,10 +132,14 @@ async def run(kind: str, url: str, concurrency: int, requests: int, sessions: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50, 200])
-    parser.add_argument("--requests", type=int, default=400, help="streams per measurement (at least the concurrency)")
+    parser.add_argument(
+        "--requests", type=int, default=400, help="streams per measurement (at least the concurrency)"
+    )
     parser.add_argument("--kb", type=int, default=10_000)
     args = parser.parse_args()
     sessions = max(args.concurrency)
@@ -152,18 +162,44 @@ def main() -> None:
         }
         t0 = time.perf_counter()
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, memory_db_path=env["MEMORY_DB_PATH"], upload_dir=env["UPLOAD_DIR"], sample_kb_path=str(kb)
+            _env_file=None,
+            memory_db_path=env["MEMORY_DB_PATH"],
+            upload_dir=env["UPLOAD_DIR"],
+            sample_kb_path=str(kb),
         )
         asyncio.run(prepare(settings, sessions, 20))
-        print(f"prepared {args.kb} entries and {sessions} sessions x 20 messages in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"prepared {args.kb} entries and {sessions} sessions x 20 messages in {time.perf_counter() - t0:.1f}s"
+        )
         stand = subprocess.Popen(
-            [sys.executable, "-m", "tests.llm_standin", "--port", str(stand_port), "--chunks", str(args.chunks)],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "tests.llm_standin",
+                "--port",
+                str(stand_port),
+                "--chunks",
+                str(args.chunks),
+            ],
+            cwd=ROOT,
+            env=env,
         )
         app = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "c_app.main:app", "--host", "127.0.0.1", "--port", str(app_port),
-             "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "c_app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(app_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
         )
         try:
             wait_up(f"http://127.0.0.1:{stand_port}/v1/models", stand)

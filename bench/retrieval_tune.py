@@ -84,9 +84,11 @@ def evaluate(path: str, params: Params, show_misses: int = 0) -> dict[str, float
     out["p99_ms"] = pct(lat, 0.99)
     out["build_s"] = build_s
     name = Path(path).name
-    print(f"{name}: entries={len(idx)} queries={n} build={build_s:.1f}s "
-          + " ".join(f"{k}={v:.3f}" for k, v in out.items() if k.startswith("R@"))
-          + f" p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms")
+    print(
+        f"{name}: entries={len(idx)} queries={n} build={build_s:.1f}s "
+        + " ".join(f"{k}={v:.3f}" for k, v in out.items() if k.startswith("R@"))
+        + f" p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms"
+    )
     print("  threshold  precision  coverage")
     for thr in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
         sel = [ok for s, ok in top if s >= thr]
@@ -96,8 +98,10 @@ def evaluate(path: str, params: Params, show_misses: int = 0) -> dict[str, float
     for thr in [x / 100 for x in range(30, 101)]:
         sel = [ok for s, ok in top if s >= thr]
         if sel and sum(sel) / len(sel) >= 0.9:
-            print(f"  min threshold with precision>=0.9: {thr:.2f} "
-                  f"(precision {sum(sel) / len(sel):.3f}, coverage {len(sel) / n:.3f})")
+            print(
+                f"  min threshold with precision>=0.9: {thr:.2f} "
+                f"(precision {sum(sel) / len(sel):.3f}, coverage {len(sel) / n:.3f})"
+            )
             out["thr90"] = thr
             break
     faq = {e["id"]: e["question"] for e in data["faq"]}
@@ -127,7 +131,7 @@ def scale(paths: list[str], n: int, params: Params, n_queries: int = 2000) -> No
     first_q = time.perf_counter() - first_q
     rss1 = rss_mb()
     # Queries: the eval queries (not indexed verbatim beyond the first copy) plus a few extra.
-    qs = texts[len(texts) // 3:][:n_queries]
+    qs = texts[len(texts) // 3 :][:n_queries]
     # Touch every term once so the lazy re-pack after the bulk load is not in the timings.
     for q in qs[:200]:
         idx.search(q, 5)
@@ -137,11 +141,15 @@ def scale(paths: list[str], n: int, params: Params, n_queries: int = 2000) -> No
         idx.search(q, 5)
         lat.append((time.perf_counter() - t) * 1000)
     rss2 = rss_mb()
-    print(f"scale: entries={len(idx)} build={build:.1f}s ({n / build:,.0f} entries/s) "
-          f"first query (lazy pack) {first_q * 1000:.0f} ms")
+    print(
+        f"scale: entries={len(idx)} build={build:.1f}s ({n / build:,.0f} entries/s) "
+        f"first query (lazy pack) {first_q * 1000:.0f} ms"
+    )
     print(f"  RSS growth: after build {rss1 - rss0:.0f} MB, after queries {rss2 - rss0:.0f} MB")
-    print(f"  search over {len(qs)} queries: p50={statistics.median(lat):.2f} ms "
-          f"p90={pct(lat, 0.9):.2f} ms p99={pct(lat, 0.99):.2f} ms max={max(lat):.2f} ms")
+    print(
+        f"  search over {len(qs)} queries: p50={statistics.median(lat):.2f} ms "
+        f"p90={pct(lat, 0.9):.2f} ms p99={pct(lat, 0.99):.2f} ms max={max(lat):.2f} ms"
+    )
     # Incremental updates on the big index.
     t = time.perf_counter()
     for i in range(1000):
@@ -152,8 +160,10 @@ def scale(paths: list[str], n: int, params: Params, n_queries: int = 2000) -> No
     t = time.perf_counter()
     for q in qs[:200]:
         idx.search(q, 5)
-    print(f"  1000 upserts + 500 removes: {up:.3f} ms/op; next 200 searches "
-          f"{(time.perf_counter() - t) * 1000 / 200:.2f} ms avg (includes lazy re-pack)")
+    print(
+        f"  1000 upserts + 500 removes: {up:.3f} ms/op; next 200 searches "
+        f"{(time.perf_counter() - t) * 1000 / 200:.2f} ms avg (includes lazy re-pack)"
+    )
 
 
 def main() -> None:

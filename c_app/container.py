@@ -1,9 +1,9 @@
 """The services, built in one place for the app, the CLI and the benches.
 
-    services = build_services(settings, db)
-    await services.start()        # migrate, build the index, load the sample knowledge base
-    ...
-    await services.aclose()       # background work, the model client, the database
+services = build_services(settings, db)
+await services.start()        # migrate, build the index, load the sample knowledge base
+...
+await services.aclose()       # background work, the model client, the database
 """
 
 from __future__ import annotations

@@ -121,7 +121,9 @@ class StandIn:
         return {"kind": "stream", "text": self.default_text, "chunk": 1}
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]}
+        )
 
     async def embeddings(self, request: Request) -> Response:
         body = await request.json()
@@ -130,8 +132,18 @@ class StandIn:
             return JSONResponse({"error": {"message": "down"}}, status_code=503)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         self.embedding_inputs.extend(inputs)
-        data = [{"object": "embedding", "index": i, "embedding": hashed_embedding(text)} for i, text in enumerate(inputs)]
-        return JSONResponse({"object": "list", "data": data, "model": body.get("model", ""), "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        data = [
+            {"object": "embedding", "index": i, "embedding": hashed_embedding(text)}
+            for i, text in enumerate(inputs)
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", ""),
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
@@ -141,7 +153,9 @@ class StandIn:
         kind = behaviour["kind"]
         if kind == "error":
             status = behaviour.get("status", 500)
-            return JSONResponse({"error": {"message": "stand-in failure", "type": "server_error"}}, status_code=status)
+            return JSONResponse(
+                {"error": {"message": "stand-in failure", "type": "server_error"}}, status_code=status
+            )
         if kind == "hang":
             client_went = True  # also when the wait is cancelled
             try:
@@ -160,8 +174,18 @@ class StandIn:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": self.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": len(text), "total_tokens": 10 + len(text)},
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 10,
+                        "completion_tokens": len(text),
+                        "total_tokens": 10 + len(text),
+                    },
                 }
             )
         return _WatchedStream(self._stream(behaviour), media_type="text/event-stream")
@@ -198,7 +222,11 @@ class StandIn:
                     arguments = call.get("arguments", "{}")
                     for start in range(0, len(arguments), 5):
                         yield self._chunk(
-                            {"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + 5]}}]}
+                            {
+                                "tool_calls": [
+                                    {"index": index, "function": {"arguments": arguments[start : start + 5]}}
+                                ]
+                            }
                         )
                 yield self._chunk({}, "tool_calls")
             else:
@@ -218,7 +246,20 @@ class StandIn:
                     return
                 yield self._chunk({}, "stop")
             usage = {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
-            yield "data: " + json.dumps({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": self.model, "choices": [], "usage": usage}) + "\n\n"
+            yield (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": "chatcmpl-standin",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+                + "\n\n"
+            )
             yield "data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             self.disconnects.append(time.monotonic())

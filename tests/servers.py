@@ -22,7 +22,9 @@ def free_port() -> int:
 def serve(app: Any, *, port: int | None = None) -> Iterator[str]:
     """Run `app` on 127.0.0.1 in a thread of its own (with its own event loop); yields the base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

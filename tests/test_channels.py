@@ -45,9 +45,12 @@ async def stored(settings, *where):
 
 async def test_typed_sse_events_with_ids(live):
     base, settings = live
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client, aconnect_sse(
-        client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("买东西怎么开发票？")
-    ) as source:
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as client,
+        aconnect_sse(
+            client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("买东西怎么开发票？")
+        ) as source,
+    ):
         events = [(sse.event, sse.id, json.loads(sse.data)) async for sse in source.aiter_sse()]
     kinds = [kind for kind, _, _ in events]
     assert kinds[0] == "sources" and kinds[-1] == "done"
@@ -79,7 +82,9 @@ async def test_stop_endpoint_ends_the_answer_and_keeps_the_partial(live_llm):
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
 
         async def read() -> list[dict]:
-            async with aconnect_sse(client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("说吧")) as src:
+            async with aconnect_sse(
+                client, "POST", "/api/v1/chat/stream?events=typed", json=chat_body("说吧")
+            ) as src:
                 return [json.loads(sse.data) | {"kind": sse.event} async for sse in src.aiter_sse()]
 
         reader = asyncio.create_task(read())
@@ -158,7 +163,12 @@ async def test_websocket_malformed_frames_get_error_frames(live):
     base, settings = live
     async with websockets.connect(ws_url(base)) as ws:
         await ws.recv()
-        for bad in ("not json", "[1, 2]", json.dumps({"type": "warp"}), json.dumps({"type": "message", "user_id": "u"})):
+        for bad in (
+            "not json",
+            "[1, 2]",
+            json.dumps({"type": "warp"}),
+            json.dumps({"type": "message", "user_id": "u"}),
+        ):
             await ws.send(bad)
             frame = json.loads(await ws.recv())
             assert frame["type"] == "error", bad
@@ -270,7 +280,9 @@ async def test_websocket_turns_count_against_the_stream_rate_limit(make_settings
 async def test_openai_door_counts_against_the_stream_rate_limit(make_settings):
     with serve(create_app(make_settings(rate_limit_stream="1/minute"))) as base:
         async with openai.AsyncOpenAI(api_key="unused", base_url=base + "/v1", max_retries=0) as client:
-            await client.chat.completions.create(model="x", messages=[{"role": "user", "content": "你好"}], user="rl")
+            await client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "你好"}], user="rl"
+            )
             with pytest.raises(openai.RateLimitError):
                 await client.chat.completions.create(
                     model="x", messages=[{"role": "user", "content": "你好"}], user="rl"

@@ -108,12 +108,15 @@ async def test_chat_memory_is_bounded(start_app):
 
 async def test_private_memory_answers_a_question_about_the_customer(client):
     added = await client.post(
-        "/api/v1/chat/memory/add", json={"user_id": "user123", "content": "我的会员卡号是 VIP-20391，绑定手机尾号 8848"}
+        "/api/v1/chat/memory/add",
+        json={"user_id": "user123", "content": "我的会员卡号是 VIP-20391，绑定手机尾号 8848"},
     )
     assert added.status_code == 200
     text = answer_text((await client.post(STREAM, json=chat_body("我的会员卡号是多少"))).text)
     assert "VIP-20391" in text
-    other = answer_text((await client.post(STREAM, json=chat_body("我的会员卡号是多少", user_id="u2", session_id="s2"))).text)
+    other = answer_text(
+        (await client.post(STREAM, json=chat_body("我的会员卡号是多少", user_id="u2", session_id="s2"))).text
+    )
     assert "VIP-20391" not in other
 
 

@@ -175,7 +175,9 @@ async def test_without_embeddings_configured_no_call_is_made(start_app, standin)
     assert await count(app, MemoryVector) == 0
 
 
-async def test_the_query_reaches_the_embeddings_endpoint_with_personal_data_masked(start_app, standin) -> None:
+async def test_the_query_reaches_the_embeddings_endpoint_with_personal_data_masked(
+    start_app, standin
+) -> None:
     app, client = await start_app(**dense_settings(standin))
     await load_entries(app)
     await retrieve(client, "我的手机号13812345678换了，发票怎么开")

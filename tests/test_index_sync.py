@@ -85,7 +85,9 @@ async def test_a_change_that_commits_after_a_later_one_is_not_lost(replicas) -> 
     a, b = replicas
     # A slow writer takes a sequence number first and commits last.
     async with a.db.transaction() as slow:
-        late = await repo.add(slow, scope=PUBLIC, owner_id="", question="发票抬头可以改吗", content="可以修改。")
+        late = await repo.add(
+            slow, scope=PUBLIC, owner_id="", question="发票抬头可以改吗", content="可以修改。"
+        )
         early = await a.knowledge.create(KnowledgeEntryIn(question="支持货到付款吗", answer="暂不支持。"))
         await b.sync.refresh(force=True)
         assert ids(await b.knowledge.search("货到付款", limit=3)) == [early.id]

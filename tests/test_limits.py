@@ -41,7 +41,9 @@ async def test_upload_body_over_the_file_limit_is_refused_unread(app, client):
 
 async def test_invalid_content_length_is_refused(client):
     response = await client.post(
-        "/api/v1/chat/memory/add", content=b"{}", headers={"content-type": "application/json", "content-length": "abc"}
+        "/api/v1/chat/memory/add",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": "abc"},
     )
     assert response.status_code in (400, 413), response.text
     assert_envelope(response, response.status_code)

@@ -37,7 +37,11 @@ async def eventually(condition, what: str, *, within: float = 15.0):
 @pytest.fixture
 async def llm_app(start_app, standin):
     return await start_app(
-        llm_api_key=KEY, llm_base_url=standin.base_url, llm_timeout=1.5, llm_max_retries=0, company_name="示例商城"
+        llm_api_key=KEY,
+        llm_base_url=standin.base_url,
+        llm_timeout=1.5,
+        llm_max_retries=0,
+        company_name="示例商城",
     )
 
 
@@ -55,7 +59,9 @@ async def test_answer_streams_from_the_model_grounded_in_retrieval(llm_app, stan
     assert messages[1]["role"] == "system" and "7天无理由退货" in messages[1]["content"]
     assert messages[-1] == {"role": "user", "content": "买的东西不想要了怎么退货？"}
     assert {t["function"]["name"] for t in request["tools"]} == {
-        "search_knowledge", "save_customer_fact", "transfer_to_human"
+        "search_knowledge",
+        "save_customer_fact",
+        "transfer_to_human",
     }
     assert standin.headers[0]["authorization"] == f"Bearer {KEY}"
 
@@ -78,7 +84,9 @@ async def test_history_is_kept_within_the_token_budget(start_app, standin):
     assert sent[-1]["content"].startswith("第5个问题")
 
 
-@pytest.mark.parametrize("behaviour", [{"kind": "error", "status": 500}, {"kind": "error", "status": 429}, {"kind": "hang"}])
+@pytest.mark.parametrize(
+    "behaviour", [{"kind": "error", "status": 500}, {"kind": "error", "status": 429}, {"kind": "hang"}]
+)
 async def test_model_failure_before_first_token_falls_back_to_the_knowledge_base(llm_app, standin, behaviour):
     app, client = llm_app
     standin.script.append(behaviour)
@@ -90,7 +98,9 @@ async def test_model_failure_before_first_token_falls_back_to_the_knowledge_base
 
 
 async def test_refused_connection_falls_back(start_app):
-    app, client = await start_app(llm_api_key=KEY, llm_base_url=f"http://127.0.0.1:{free_port()}/v1", llm_max_retries=0)
+    app, client = await start_app(
+        llm_api_key=KEY, llm_base_url=f"http://127.0.0.1:{free_port()}/v1", llm_max_retries=0
+    )
     response = await client.post(STREAM, json=chat_body("你好"))
     assert "您好" in answer_text(response.text)
     [answer] = await rows(app, Message, Message.role == "assistant")
@@ -121,13 +131,20 @@ async def test_stream_that_hangs_midway_is_reported_not_waited_for_forever(llm_a
 async def test_search_tool_runs_and_its_results_reach_the_model(llm_app, standin):
     app, client = llm_app
     standin.script += [
-        {"kind": "tool", "name": "search_knowledge", "arguments": json.dumps({"query": "电子发票在哪里下载"})},
+        {
+            "kind": "tool",
+            "name": "search_knowledge",
+            "arguments": json.dumps({"query": "电子发票在哪里下载"}),
+        },
         {"kind": "stream", "text": "在订单详情里下载。"},
     ]
     response = await client.post(STREAM, json=chat_body("发票的事"))
     assert answer_text(response.text) == "在订单详情里下载。"
     second = standin.requests[1]["messages"]
-    assert second[-2]["role"] == "assistant" and second[-2]["tool_calls"][0]["function"]["name"] == "search_knowledge"
+    assert (
+        second[-2]["role"] == "assistant"
+        and second[-2]["tool_calls"][0]["function"]["name"] == "search_knowledge"
+    )
     assert second[-1]["role"] == "tool" and "下载" in second[-1]["content"]
     [answer] = await rows(app, Message, Message.role == "assistant")
     assert answer.usage["tools"] == ["search_knowledge"]
@@ -136,7 +153,11 @@ async def test_search_tool_runs_and_its_results_reach_the_model(llm_app, standin
 async def test_save_fact_tool_writes_private_memory(llm_app, standin):
     app, client = llm_app
     standin.script += [
-        {"kind": "tool", "name": "save_customer_fact", "arguments": json.dumps({"fact": "常用收货城市是成都"})},
+        {
+            "kind": "tool",
+            "name": "save_customer_fact",
+            "arguments": json.dumps({"fact": "常用收货城市是成都"}),
+        },
         {"kind": "stream", "text": "好的，已记下。"},
     ]
     await client.post(STREAM, json=chat_body("我一般寄到成都"))

@@ -29,13 +29,20 @@ async def ask(client, question: str, *, user_id: str, session_id: str) -> None:
 
 
 async def test_add_stores_a_private_memory(app, client):
-    response = await client.post(ADD, json={"user_id": "u1", "content": "我家住在杭州西湖区", "metadata": {"k": "v"}})
+    response = await client.post(
+        ADD, json={"user_id": "u1", "content": "我家住在杭州西湖区", "metadata": {"k": "v"}}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["success"] is True and body["message"] == "记忆添加成功"
     assert body["data"]["user_id"] == "u1"
     [row] = await rows(app, Memory, Memory.id == body["data"]["memory_id"])
-    assert (row.scope, row.owner_id, row.content, row.meta) == ("private", "u1", "我家住在杭州西湖区", {"k": "v"})
+    assert (row.scope, row.owner_id, row.content, row.meta) == (
+        "private",
+        "u1",
+        "我家住在杭州西湖区",
+        {"k": "v"},
+    )
 
 
 async def test_retrieve_merges_scopes_sorted_by_relevance(client):

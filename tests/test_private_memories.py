@@ -20,7 +20,9 @@ async def add(client, user_id: str, content: str, metadata: dict | None = None) 
 
 
 async def private_hits(client, user_id: str, query: str) -> dict[int, str]:
-    return {memory_id: content for memory_id, (content, _) in (await scored_hits(client, user_id, query)).items()}
+    return {
+        memory_id: content for memory_id, (content, _) in (await scored_hits(client, user_id, query)).items()
+    }
 
 
 async def scored_hits(client, user_id: str, query: str) -> dict[int, tuple[str, float]]:

@@ -82,14 +82,21 @@ def test_seed_curl_examples(server: str, tmp_path: Path) -> None:
 
     stream = subprocess.run(
         ["bash", "-c", SEED_STREAM.replace("localhost:8000", f"localhost:{port}") + " -sS"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     data = sse_data(stream.stdout)
     assert data[-1] == "[DONE]" and len(data) > 1
 
     upload = subprocess.run(
         ["bash", "-c", SEED_UPLOAD.replace("localhost:8000", f"localhost:{port}") + " -sS"],
-        capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
     )
     body = httpx.Response(200, content=upload.stdout.encode()).json()
     assert body["success"] is True and body["data"]["content_type"] == "image/jpeg"

@@ -35,7 +35,11 @@ async def test_missing_session_is_404(client):
 async def test_list_newest_activity_first_with_paging(client):
     ids = []
     for title in ("a", "b", "c"):
-        ids.append((await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": title})).json()["session_id"])
+        ids.append(
+            (await client.post("/api/v1/chat/session/create", json={"user_id": "u1", "title": title})).json()[
+                "session_id"
+            ]
+        )
     await client.post("/api/v1/chat/session/create", json={"user_id": "u2"})
     # Talking in the oldest session makes it the most recent.
     await client.post("/api/v1/chat/stream", json=chat_body("你好", user_id="u1", session_id=ids[0]))

@@ -131,6 +131,8 @@ async def uploaded(
     return response.json()["data"]
 
 
-async def upload_image(client: httpx.AsyncClient, *, user_id: str = "user123", session_id: str = "session456") -> str:
+async def upload_image(
+    client: httpx.AsyncClient, *, user_id: str = "user123", session_id: str = "session456"
+) -> str:
     """Upload a small PNG as `user_id`; returns its /static/uploads/... URL."""
     return (await uploaded(client, user_id=user_id, session_id=session_id))["file_url"]

@@ -24,7 +24,9 @@ OWN_CHANGES = "c_app.own_changes"
 
 
 def _log(db: AsyncSession, memory: Memory) -> None:
-    change = MemoryChange(memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow())
+    change = MemoryChange(
+        memory_id=memory.id, scope=memory.scope, owner_id=memory.owner_id, created_at=utcnow()
+    )
     db.add(change)
     _remember(db, change)
 
@@ -130,7 +132,9 @@ async def trim(db: AsyncSession, *, scope: str, owner_id: str, keep: int) -> lis
     return stale
 
 
-async def by_external_ids(db: AsyncSession, ext_ids: Sequence[str], *, scope: str, owner_id: str) -> dict[str, Memory]:
+async def by_external_ids(
+    db: AsyncSession, ext_ids: Sequence[str], *, scope: str, owner_id: str
+) -> dict[str, Memory]:
     found: dict[str, Memory] = {}
     for start in range(0, len(ext_ids), 500):
         chunk = list(ext_ids[start : start + 500])
@@ -166,7 +170,9 @@ async def count(db: AsyncSession, *, scope: str | None = None) -> int:
 # -- knowledge-base management (bulk writes, paged listing, export) ------------------------------
 
 
-async def add_many(db: AsyncSession, rows: Sequence[dict[str, Any]], *, scope: str, owner_id: str) -> list[Memory]:
+async def add_many(
+    db: AsyncSession, rows: Sequence[dict[str, Any]], *, scope: str, owner_id: str
+) -> list[Memory]:
     """Insert many rows with batched INSERTs (ORM bulk insert), their change records likewise."""
     if not rows:
         return []
@@ -203,7 +209,9 @@ async def touch_many(db: AsyncSession, memories: Sequence[Memory]) -> None:
     for memory in memories:
         memory.updated_at = now
     await db.flush()
-    changes = [{"memory_id": m.id, "scope": m.scope, "owner_id": m.owner_id, "created_at": now} for m in memories]
+    changes = [
+        {"memory_id": m.id, "scope": m.scope, "owner_id": m.owner_id, "created_at": now} for m in memories
+    ]
     _remember(db, *(await db.scalars(insert(MemoryChange).returning(MemoryChange.seq), changes)).all())
 
 
@@ -236,6 +244,7 @@ async def page(
     newest_first: bool = False,
 ) -> tuple[list[Memory], int]:
     """One page of an owner's scope (optionally filtered) and the total matching count."""
+
     def filtered(query: Any) -> Any:
         return _filtered(query, scope=scope, owner_id=owner_id, category=category, text=text)
 

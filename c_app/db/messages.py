@@ -45,7 +45,9 @@ async def add(
     return row
 
 
-async def list_recent(db: AsyncSession, session_id: str, *, owner_id: str | None, limit: int) -> list[Message]:
+async def list_recent(
+    db: AsyncSession, session_id: str, *, owner_id: str | None, limit: int
+) -> list[Message]:
     """The session's last `limit` messages, oldest first."""
     query = select(Message).where(Message.session_id == session_id)
     if owner_id is not None:

@@ -151,7 +151,11 @@ class LLMResponder:
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
                         for c in calls.values()
                     ],
                 }
@@ -236,7 +240,9 @@ class LLMResponder:
     @staticmethod
     def _failure(produced: bool, what: str) -> Exception:
         # Only the kind of failure is logged: never the request, which carries the API key.
-        logger.warning("model request failed (%s) %s the first token", what, "after" if produced else "before")
+        logger.warning(
+            "model request failed (%s) %s the first token", what, "after" if produced else "before"
+        )
         return UpstreamBroken(what) if produced else UpstreamUnavailable(what)
 
     async def _run_tool(self, call: _ToolCall, turn: TurnContext) -> tuple[str, list[EngineEvent]]:

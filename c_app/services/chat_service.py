@@ -297,7 +297,9 @@ class ChatService:
             # Runs on success, on failure, and when the client goes away (cancellation): shield the
             # write so a cancelled request still records what was said.
             with anyio.CancelScope(shield=True):
-                message_id = await self._store(turn, result, latency_ms=int((time.monotonic() - started) * 1000))
+                message_id = await self._store(
+                    turn, result, latency_ms=int((time.monotonic() - started) * 1000)
+                )
                 if censor is not None and censor.hits:
                     await self._moderated(
                         turn.session_id, turn.user_id, message_id, "answer", censor.hits, censor.matched_words
@@ -327,7 +329,9 @@ class ChatService:
         return row.id
 
     async def _history(self, turn: Turn) -> list[HistoryItem]:
-        rows = await self.sessions.recent_messages(turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1)
+        rows = await self.sessions.recent_messages(
+            turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1
+        )
         # A blocked message and its fixed reply never reach the model.
         return [
             HistoryItem(row.role, row.content)

@@ -55,7 +55,9 @@ class SessionService:
             raise NotFound("会话不存在")
         return row
 
-    async def get_or_create(self, session_id: str, user_id: str, *, title: str = DEFAULT_TITLE) -> ChatSession:
+    async def get_or_create(
+        self, session_id: str, user_id: str, *, title: str = DEFAULT_TITLE
+    ) -> ChatSession:
         """The user's session with this id, created if no one has it; another user's session is refused."""
         async with self.db.read() as db:
             row = await repo.get(db, session_id, owner_id=user_id)

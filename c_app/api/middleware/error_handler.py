@@ -38,7 +38,12 @@ _DEFAULT_MESSAGES = {
 
 
 def envelope(
-    status_code: int, message: str, error_type: str, *, details: Any = None, headers: dict[str, str] | None = None
+    status_code: int,
+    message: str,
+    error_type: str,
+    *,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     error: dict[str, Any] = {"code": status_code, "message": message, "type": error_type}
     if details is not None:
