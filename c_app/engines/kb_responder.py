@@ -38,6 +38,7 @@ _HUMAN = re.compile(r"(?:转人工|人工客服|人工服务|找人工|要人工
 _PIECE = re.compile(r"[^。！？!?；;\n，]*(?:[。！？!?；;]+\n*|\n+|，|$)")
 _MIN_CLAUSE = 8
 
+
 def pieces(text: str) -> Iterator[str]:
     """Split an answer into the pieces a person would type: sentences, long clauses."""
     pending = ""
@@ -126,7 +127,11 @@ class KnowledgeBaseResponder:
     def _runner_up(best: Hit, hits: Sequence[Hit]) -> float:
         """Score of the best other KB hit that would answer differently (duplicates of one answer agree)."""
         return max(
-            (hit.score for hit in hits if hit.scope == PUBLIC and hit is not best and hit.content != best.content),
+            (
+                hit.score
+                for hit in hits
+                if hit.scope == PUBLIC and hit is not best and hit.content != best.content
+            ),
             default=0.0,
         )
 
