@@ -47,6 +47,7 @@ async def test_confident_match_streams_the_entry_answer_in_pieces(app, client):
     assert answer_text(response.text) == entry.content
     [answer] = await rows(app, Message, Message.role == "assistant")
     assert answer.sources and answer.sources[0]["id"] == entry.id
+    assert (answer.outcome, answer.entry_id) == ("answered", entry.id)  # what the figures count
     assert "\\n" in response.text  # the answer's line breaks are escaped on the wire
 
 

@@ -83,6 +83,10 @@ async def add_session(app, session_id: str, user_id: str, turns: list[dict[str, 
                 status="complete",
                 outcome=turn.get("outcome", "answered"),
                 sources=turn.get("sources"),
+                # What the chat service records: the first public source is the entry answered with.
+                entry_id=next(
+                    (src["id"] for src in turn.get("sources") or [] if src["type"] == "public"), None
+                ),
                 feedback=turn.get("feedback"),
                 feedback_at=turn.get("feedback_at"),
                 created_at=turn["at"] + timedelta(seconds=1),
@@ -94,7 +98,7 @@ async def add_session(app, session_id: str, user_id: str, turns: list[dict[str, 
 
 
 async def known_dataset(app, a: int = 7, b: int = 9) -> None:
-    """Entries `a` and `b` are cited as sources (with a private memory 3)."""
+    """Entries `a` and `b` are cited as sources (with a private memory 3); `a` then `b` answered."""
     await add_session(
         app,
         "s1",
@@ -110,7 +114,7 @@ async def known_dataset(app, a: int = 7, b: int = 9) -> None:
             {
                 "q": "  怎么退货 ",
                 "at": today_at(2),
-                "sources": [source(a), source(3, "private"), source(b)],
+                "sources": [source(3, "private"), source(b), source(a)],
                 "feedback": "dislike",
                 "feedback_at": today_at(1),
             },
@@ -222,15 +226,16 @@ async def test_top_questions_and_entries(admin):
     }
     assert len((await get(client, "stats/top-questions", days=30, limit=1))["items"]) == 1
 
+    # Counted by the entry each answer was built on (its first public source; a private one is not).
     entries = await get(client, "stats/top-entries", days=30)
     assert entries == {
         "items": [
-            {"id": a, "question": "怎么退货？", "title": "退货", "count": 2},
+            {"id": a, "question": "怎么退货？", "title": "退货", "count": 1},
             {"id": b, "question": "", "title": "", "count": 1},
         ]
-    }  # the private source is not an entry
+    }  # ties: by id; b was deleted since
     wider = await get(client, "stats/top-entries", days=41)
-    assert [(i["id"], i["count"]) for i in wider["items"]] == [(a, 2), (b, 2)]  # ties: by id
+    assert [(i["id"], i["count"]) for i in wider["items"]] == [(b, 2), (a, 1)]
     assert (await get(client, "stats/top-entries", days=1))["items"] == [
         {"id": a, "question": "怎么退货？", "title": "退货", "count": 1}
     ]

@@ -25,6 +25,7 @@ async def add(
     usage: dict[str, Any] | None = None,
     latency_ms: int | None = None,
     outcome: str | None = None,
+    entry_id: int | None = None,
 ) -> Message:
     row = Message(
         session_id=session_id,
@@ -38,6 +39,7 @@ async def add(
         usage=usage,
         latency_ms=latency_ms,
         outcome=outcome,
+        entry_id=entry_id,
         created_at=utcnow(),
     )
     db.add(row)

@@ -98,6 +98,8 @@ class Message(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # What an answer did: answered | clarified | no_match | handoff | smalltalk | blocked (None: a question).
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The knowledge-base entry an answer was built on (its first public source), for the figures.
+    entry_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The customer's rating of an answer: "like" | "dislike" | None (not rated, or cleared).
     feedback: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -106,7 +108,7 @@ class Message(Base):
 
     __table_args__ = (
         Index("ix_messages_session_id_id", "session_id", "id"),
-        Index("ix_messages_role_created_outcome", "role", "created_at", "outcome"),  # figures per day
+        Index("ix_messages_role_created_outcome", "role", "created_at", "outcome", "entry_id"),  # figures
         Index("ix_messages_feedback_at", "feedback_at", "feedback"),  # ratings per day
     )
 

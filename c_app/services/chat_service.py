@@ -371,6 +371,7 @@ class ChatService:
                 latency_ms=latency_ms,
                 handoff=result.handoff,
                 outcome=result.final_outcome,
+                entry_id=next((s["id"] for s in result.sources if s.get("type") == "public"), None),
             )
         except SessionGone:
             # Deleted, or the customer erased, while the answer streamed: nothing of it is kept.

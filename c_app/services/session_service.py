@@ -89,6 +89,7 @@ class SessionService:
         latency_ms: int | None = None,
         handoff: bool = False,
         outcome: str | None = None,
+        entry_id: int | None = None,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
         session now waits for a person).
@@ -110,6 +111,7 @@ class SessionService:
                     usage=usage,
                     latency_ms=latency_ms,
                     outcome=outcome,
+                    entry_id=entry_id,
                 )
                 # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
                 # foreign key's lock on the session row): an erasure is wholly before or after this.

@@ -1,4 +1,5 @@
-"""what each answer did (answered, clarified, no_match, handoff, smalltalk, blocked); its index is in 0007
+"""what each answer did (answered, clarified, no_match, handoff, smalltalk, blocked) and the
+knowledge-base entry it was built on; their index is in 0007
 
 Revision ID: 0006
 Revises: 0005
@@ -16,8 +17,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("outcome", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("entry_id", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("entry_id")
         batch.drop_column("outcome")

@@ -1,7 +1,7 @@
 """indexes for the operator console's charts (answers per day and outcome, ratings per day) and for the retention purge
 
 Both cover their query (index-only on PostgreSQL once vacuumed, a covering index on SQLite):
-ix_messages_role_created_outcome serves answers per day and per outcome, ix_messages_feedback_at
+ix_messages_role_created_outcome serves answers per day, per outcome and per entry, ix_messages_feedback_at
 the ratings per day (messages had no index on feedback_at: the chart read the whole table).
 The retention purge finds what is older than its cut-off by the three time indexes.
 
@@ -18,7 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_messages_role_created_outcome", "messages", ["role", "created_at", "outcome"])
+    op.create_index(
+        "ix_messages_role_created_outcome", "messages", ["role", "created_at", "outcome", "entry_id"]
+    )
     op.create_index("ix_messages_feedback_at", "messages", ["feedback_at", "feedback"])
     op.create_index("ix_chat_sessions_last_activity_at", "chat_sessions", ["last_activity_at"])
     op.create_index("ix_memories_scope_created_at", "memories", ["scope", "created_at"])
