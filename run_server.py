@@ -6,22 +6,25 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from c_app.api.middleware.log_redaction import UVICORN_LOGGERS, RedactSecrets
 from c_app.config import get_settings
+from c_app.privacy.logfilter import UVICORN_LOGGERS, MaskPersonalData, RedactSecrets
 
 # Room for the request line (method, path, query with a token) on top of the headers themselves.
 REQUEST_LINE_ALLOWANCE = 8 * 1024
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's own logging set-up, with credentials redacted from every line it writes
-    (the access log names each path with its query: `?token=`, `?sig=`)."""
+    """uvicorn's own logging set-up, with credentials redacted and personal data masked in every
+    line it writes (the access log names each path with its query: `?token=`, `?sig=`)."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact_secrets"] = {"()": RedactSecrets}
-    for handler in config["handlers"].values():
-        handler.setdefault("filters", []).append("redact_secrets")
-    for name in UVICORN_LOGGERS:
-        config["loggers"].setdefault(name, {}).setdefault("filters", []).append("redact_secrets")
+    config.setdefault("filters", {}).update(
+        redact_secrets={"()": RedactSecrets}, mask_personal_data={"()": MaskPersonalData}
+    )
+    for target in [
+        *config["handlers"].values(),
+        *(config["loggers"].setdefault(n, {}) for n in UVICORN_LOGGERS),
+    ]:
+        target.setdefault("filters", []).extend(["redact_secrets", "mask_personal_data"])
     return config
 
 

@@ -17,30 +17,27 @@ from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
 from .api.middleware.header_limit import HeaderLimit
-from .api.middleware.log_redaction import RedactSecrets, install_log_redaction
 from .api.middleware.request_id import RequestIdFilter
 from .api.openai_compat import router as openai_router
 from .api.setup import install_security
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .container import build_services
+from .privacy.logfilter import install_log_filters
 from .schemas.system import Liveness, ServiceInfo
 
 logger = logging.getLogger(__name__)
 
 
 def configure_logging(settings: Settings) -> None:
-    from .privacy.logfilter import MaskPersonalData, install_log_masking
-
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if settings.log_file:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
     for handler in handlers:
         handler.addFilter(RequestIdFilter())  # a request id on every line, whichever logger wrote it
-        handler.addFilter(RedactSecrets())  # and no credential from a URL on any line
-        handler.addFilter(MaskPersonalData())  # and no personal data at INFO or above
-    install_log_redaction()  # uvicorn's own loggers (the access log) do not reach these handlers
-    install_log_masking()  # likewise
+    # No credential from a URL on any line, no personal data at INFO or above: on these handlers
+    # and on uvicorn's own loggers (the access log), which do not reach them.
+    install_log_filters(handlers)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s - %(name)s - %(levelname)s - [%(request_id)s] %(message)s",

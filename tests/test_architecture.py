@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "privacy": {"engines", "config"},  # personal-data masking: an engine wrapper and a log filter
     "services": {"config", "errors", "db", "retrieval", "engines", "schemas", "security", "privacy"},
     "container": {"config", "db", "engines", "retrieval", "services", "privacy"},
-    "api": {"config", "errors", "container", "services", "schemas", "security", "engines", "web"},
+    "api": {"config", "errors", "container", "services", "schemas", "security", "engines", "privacy", "web"},
     "cli": {"config", "container", "errors", "services"},
     "main": {"api", "config", "container", "schemas", "privacy"},
 }

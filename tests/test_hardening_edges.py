@@ -159,7 +159,7 @@ async def test_no_log_line_carries_a_credential(tmp_path: Path, how: str) -> Non
 
 
 def test_redaction_filter_is_on_uvicorn_and_our_loggers(make_settings: Callable[..., Settings]) -> None:
-    from c_app.api.middleware.log_redaction import RedactSecrets
+    from c_app.privacy.logfilter import RedactSecrets
 
     create_app(make_settings())
     seen: list[str] = []

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from c_app.privacy.logfilter import MaskPersonalData, install_log_masking, mask_record
+from c_app.privacy.logfilter import MaskPersonalData, install_log_filters, mask_record
 
 from .conftest import BACKEND
 from .servers import free_port
@@ -125,9 +125,9 @@ def test_debug_records_are_left_alone() -> None:
 
 
 def test_configure_logging_puts_the_filter_on_every_handler_and_on_uvicorn() -> None:
-    from c_app.api.middleware.log_redaction import RedactSecrets
     from c_app.config import Settings
     from c_app.main import configure_logging
+    from c_app.privacy.logfilter import RedactSecrets
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
@@ -144,7 +144,7 @@ def test_configure_logging_puts_the_filter_on_every_handler_and_on_uvicorn() -> 
             assert MaskPersonalData in kinds and RedactSecrets in kinds  # alongside, not instead
         for logger in uvicorn:
             assert any(isinstance(f, MaskPersonalData) for f in logger.filters)
-        install_log_masking()  # idempotent
+        install_log_filters()  # idempotent
         assert sum(isinstance(f, MaskPersonalData) for f in uvicorn[0].filters) == 1
     finally:
         for handler in root.handlers:

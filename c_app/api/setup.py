@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..config import Settings
+from ..privacy.logfilter import install_log_filters
 from ..security.auth import Authenticator
 from ..security.rate_limit import RateLimits
 from ..security.startup import startup_warnings
-from .middleware.log_redaction import install_log_redaction
 from .middleware.request_id import RequestId
 from .middleware.security_headers import SecurityHeaders
 from .openapi import install_openapi
@@ -34,7 +34,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     install_openapi(app)  # errors documented as the envelope they are
     # Whoever serves the app (run_server.py, `uvicorn c_app.main:app`, a factory), uvicorn's access log
     # and WebSocket lines name paths with their query: keep `?token=` and `?sig=` values out of them.
-    install_log_redaction()
+    install_log_filters()
 
     inner = app.router.lifespan_context
 
