@@ -380,8 +380,11 @@ def test_admin_console_on_a_tablet(server: tuple[str, str], page: Any) -> None:
 
 def fits(page: Any, *selectors: str) -> None:
     """Each element is shown within the viewport's width, and nothing scrolls sideways."""
+    from playwright.sync_api import expect
+
     width = page.viewport_size["width"]
     for selector in selectors:
+        expect(page.locator(selector)).to_be_visible()  # a dialog opens after its entry is fetched
         box = page.locator(selector).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (selector, box)
     assert page.evaluate("document.documentElement.scrollWidth") <= width
