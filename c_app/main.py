@@ -11,14 +11,13 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import api_router
-from .api.admin_page import setup_admin_page
-from .api.chat_page import setup_chat_page
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
 from .api.middleware.header_limit import HeaderLimit
 from .api.middleware.request_id import RequestIdFilter
 from .api.openai_compat import router as openai_router
+from .api.pages import setup_pages
 from .api.setup import install_security
 from .api.static import setup_static_files
 from .config import Settings, get_settings
@@ -86,8 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
     install_security(app, settings)  # outermost: headers and request ids on every answer
     setup_static_files(app)
-    setup_chat_page(app)
-    setup_admin_page(app)
+    setup_pages(app)
     app.include_router(api_router, prefix="/api")
     app.include_router(openai_router)
 
