@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -139,11 +141,24 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     retention_batch_size: int = Field(default=500, ge=1)  # rows removed per transaction
 
+    # Human agents' business hours (issue 10, services/availability.py): "mon-fri 09:00-21:00; sat 10:00-16:00";
+    # empty: always open. AGENT_CLOSED_DATES: holidays, comma separated ISO dates (2026-10-01,2026-10-02).
+    agent_hours: str = ""
+    agent_timezone: str = "Asia/Shanghai"
+    agent_closed_dates: Annotated[list[date], NoDecode] = Field(default_factory=list)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("agent_closed_dates", mode="before")
+    @classmethod
+    def _split_dates(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in re.split(r'[\[\]",;\s]+', value) if item.strip()]
         return value
 
     @field_validator("cors_origins", "image_url_hosts", mode="before")
