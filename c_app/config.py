@@ -147,7 +147,18 @@ class Settings(BaseSettings):
     agent_timezone: str = "Asia/Shanghai"
     agent_closed_dates: Annotated[list[date], NoDecode] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    # Human agents (issue 10). AGENT_KEYS (AUTH_MODE=api_key): "key:agent_id:显示名[:supervisor]", comma separated.
+    agent_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    agent_assignment: Literal["auto", "claim"] = "auto"
+    agent_max_concurrent: int = Field(default=5, ge=1, le=50)
+    agent_heartbeat_timeout: float = Field(default=60.0, gt=0)  # seconds without a sign of life: away
+    # AGENT_HOURS, AGENT_TIMEZONE, AGENT_CLOSED_DATES: above (services/availability.hours_from_settings).
+    live_event_ttl_hours: float = Field(default=24.0, gt=0)  # how long a stream can resume (Last-Event-ID)
+    # The event bus (c_app/services/bus.py): auto = Redis when REDIS_URL is set, else in-process.
+    bus_backend: Literal["auto", "memory", "redis", "postgres"] = "auto"
+    bus_channel_prefix: str = "c_app"
+
+    @field_validator("api_keys", "agent_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,22 @@ from .privacy.masking import MaskingEngine
 from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
 from .retrieval.text import set_cache_dir
+from .services.agent_service import AgentService
 from .services.audit_service import AuditService
+from .services.bus import EventBus, build_bus
+from .services.canned_service import CannedReplyService
 from .services.chat_service import ChatService
 from .services.console_service import ConsoleService
 from .services.customer_data import CustomerDataService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
 from .services.knowledge_service import KnowledgeService, answer_threshold
+from .services.live import LiveEvents
 from .services.memory_service import MemoryService
 from .services.retention import RetentionService
 from .services.session_service import SessionService
+from .services.stops import StopSignals
+from .services.ticket_service import TicketService
 from .services.upload_service import UploadService
 
 logger = logging.getLogger(__name__)
@@ -63,11 +70,18 @@ class Services:
     customer_data: CustomerDataService
     retention: RetentionService
     console: ConsoleService
+    tickets: TicketService  # 留言 (issue 10)
+    canned: CannedReplyService  # 快捷回复 (issue 10)
+    bus: EventBus  # issue 10: live events, stops across replicas (services/bus.py)
+    live: LiveEvents
+    agents: AgentService
+    stops: StopSignals
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
         needs none), and load the bundled knowledge base on the first start (LOAD_SAMPLE_KB)."""
         await upgrade(self.db.engine)
+        await self.stops.start()  # other replicas' stop requests reach this one's turns
         if index:
             await self.sync.start()
         if sample_kb and self.settings.load_sample_kb:
@@ -77,6 +91,8 @@ class Services:
 
     async def aclose(self) -> None:
         await self.retention.stop()
+        await self.stops.stop()
+        await self.bus.aclose()
         await self.chat.engine.aclose()
         await self.sync.stop()
         await self.db.dispose()
@@ -184,6 +200,13 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     )
     audit = AuditService(db)
     knowledge = KnowledgeService(sync, settings)
+    tickets = TicketService(db, audit)
+    bus = build_bus(settings)
+    live = LiveEvents(db, bus, ttl=timedelta(hours=settings.live_event_ttl_hours))
+    agents = AgentService(db, settings, sessions, live, audit, tickets)
+    stops = StopSignals(db, bus, chat.interrupt)
+    chat.agents = agents
+    chat.stops = stops
     return Services(
         settings=settings,
         db=db,
@@ -197,4 +220,10 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         customer_data=CustomerDataService(sync, uploads, audit),
         retention=RetentionService(sync, uploads, settings),
         console=ConsoleService(db, knowledge),
+        tickets=tickets,
+        canned=CannedReplyService(db),
+        bus=bus,
+        live=live,
+        agents=agents,
+        stops=stops,
     )

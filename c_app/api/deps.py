@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import Depends, Path, Query, Request, WebSocket
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -17,9 +18,18 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import HTTPConnection
 
 from ..container import Services
-from ..errors import BadRequest
-from ..schemas.customer import ID_MAX, ID_PATTERN
-from ..security.auth import Actor, Authenticator, authenticate_websocket, credential_from
+from ..errors import BadRequest, Forbidden
+from ..schemas.customer import ID_MAX, ID_PATTERN, valid_id
+from ..security.auth import (
+    AGENT_NOT_CUSTOMER,
+    LOOPBACK_HOSTS,
+    NOT_AGENT,
+    WS_POLICY_VIOLATION,
+    Actor,
+    Authenticator,
+    authenticate_websocket,
+    credential_from,
+)
 from ..security.rate_limit import RateLimits
 
 
@@ -45,10 +55,58 @@ def get_actor(
 
     The two security parameters only document the schemes in OpenAPI; the headers are read here."""
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.authenticate(credential_from(request.headers))
+    actor = authenticator.authenticate(credential_from(request.headers))
+    if actor.is_agent:  # an agent is not a customer, nor a trusted backend acting for customers
+        raise Forbidden(AGENT_NOT_CUSTOMER)
+    return actor
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentActor:
+    """A human agent acting on /api/v1/agent/... (issue 10)."""
+
+    agent_id: str
+    name: str
+    role: str  # agent | supervisor
+
+
+DEV_AGENT = "dev-agent"
+
+
+def agent_from(conn: HTTPConnection, *, query_token: bool = False) -> AgentActor:
+    """The agent a request or socket comes from; 401 without credentials, 403 for anyone else.
+
+    AUTH_MODE=none (development): loopback callers only, named by X-Agent-Id / X-Agent-Name."""
+    authenticator: Authenticator = conn.app.state.authenticator
+    if not authenticator.enabled:
+        host = conn.client.host if conn.client else ""
+        if host not in LOOPBACK_HOSTS:
+            raise Forbidden(NOT_AGENT)
+        agent_id = conn.headers.get("x-agent-id", "").strip() or DEV_AGENT
+        if not valid_id(agent_id):
+            raise BadRequest("客服ID格式错误")
+        # Header values are ASCII: a Chinese name arrives percent-encoded (UTF-8).
+        name = unquote(conn.headers.get("x-agent-name", "")).strip()[:100] or agent_id
+        return AgentActor(agent_id=agent_id, name=name, role="supervisor")
+    query = conn.query_params if query_token else None
+    actor = authenticator.authenticate(credential_from(conn.headers, query))
+    if not actor.is_agent or actor.agent_id is None:
+        raise Forbidden(NOT_AGENT)
+    return AgentActor(agent_id=actor.agent_id, name=actor.agent_name or actor.agent_id, role=actor.role)
+
+
+def get_agent(
+    request: Request,
+    _bearer_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _api_key_header: Annotated[str | None, Depends(_api_key)],
+) -> AgentActor:
+    return agent_from(request)
+
+
+AgentDep = Annotated[AgentActor, Depends(get_agent)]
 
 
 async def _user_named_in(request: Request) -> str | None:
@@ -100,10 +158,14 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 async def websocket_actor(websocket: WebSocket) -> Actor | None:
     """Who is on a WebSocket, before it is accepted; None after closing it (1008) when refused."""
     try:
-        return await authenticate_websocket(websocket)
+        actor = await authenticate_websocket(websocket)
     except WebSocketException as exc:
         await websocket.close(code=exc.code, reason=exc.reason)
         return None
+    if actor.is_agent:
+        await websocket.close(code=WS_POLICY_VIOLATION, reason="agent cannot act as a customer")
+        return None
+    return actor
 
 
 def require_id(value: str, message: str) -> str:

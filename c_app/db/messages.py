@@ -26,6 +26,8 @@ async def add(
     latency_ms: int | None = None,
     outcome: str | None = None,
     entry_id: int | None = None,
+    agent_id: str | None = None,
+    agent_name: str | None = None,
 ) -> Message:
     row = Message(
         session_id=session_id,
@@ -40,6 +42,8 @@ async def add(
         latency_ms=latency_ms,
         outcome=outcome,
         entry_id=entry_id,
+        agent_id=agent_id,
+        agent_name=agent_name,
         created_at=utcnow(),
     )
     db.add(row)

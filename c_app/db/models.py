@@ -105,6 +105,9 @@ class Message(Base):
     feedback: Mapped[str | None] = mapped_column(String(16), nullable=True)
     feedback_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # role=agent: the human agent who wrote it (issue 10).
+    agent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    agent_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     __table_args__ = (
         Index("ix_messages_session_id_id", "session_id", "id"),
@@ -238,3 +241,133 @@ class ModerationEvent(Base):
         Index("ix_moderation_events_created_at", "created_at"),
         Index("ix_moderation_events_user_id", "user_id", "id"),
     )
+
+
+class Agent(Base):
+    """A human agent's presence (issue 10): who is there and how many conversations they may hold."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16), default="agent")  # agent | supervisor
+    status: Mapped[str] = mapped_column(String(16), default="offline")  # online | away | offline
+    max_concurrent: Mapped[int] = mapped_column(Integer, default=5)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Handoff(Base):
+    """One hand-off of a session to a person: queued, assigned (held by agent_id), closed; with its
+    timestamps (waiting and handling times) and the customer's rating of it (CSAT).
+
+    open_session is the session id while the hand-off is open and NULL once closed: unique, so a
+    session is in the queue or held at most once, whoever hands it off at the same moment."""
+
+    __tablename__ = "handoffs"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"))
+    open_session: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(16))  # customer | model | dislikes
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | assigned | closed
+    agent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    last_question: Mapped[str] = mapped_column(Text, default="")
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rating_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_handoffs_status_created_at", "status", "created_at"),
+        Index("ix_handoffs_session_id_id", "session_id", "id"),
+        Index("ix_handoffs_agent_id_status", "agent_id", "status"),
+        Index("ix_handoffs_closed_at", "closed_at"),
+    )
+
+
+class HandoffNote(Base):
+    """An agent's internal note on a hand-off: never shown to the customer."""
+
+    __tablename__ = "handoff_notes"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    handoff_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("handoffs.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(128))
+    agent_id: Mapped[str] = mapped_column(String(128))
+    agent_name: Mapped[str] = mapped_column(String(100))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_handoff_notes_handoff_id", "handoff_id", "id"),)
+
+
+class LiveEvent(Base):
+    """The live events sent to customers and agents, kept a while so a reconnecting stream resumes
+    from its Last-Event-ID (the id grows across every replica)."""
+
+    __tablename__ = "live_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_live_events_channel_id", "channel", "id"),
+        Index("ix_live_events_created_at", "created_at"),
+    )
+
+
+class StopRequest(Base):
+    """A stop asked for a session's running turn: the flag the turn checks, whichever replica runs it."""
+
+    __tablename__ = "stop_requests"
+
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Ticket(Base):
+    """A message left when no agent is there (留言): one per session while open, the customer's
+    later messages appended; the contact details found in it (services/ticket_service.py)."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(String(128))
+    content: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+    __table_args__ = (
+        Index("ix_tickets_status_id", "status", "id"),  # the agents' list, open first
+        Index("ix_tickets_user_id", "user_id", "id"),  # export and erasure
+        Index("ix_tickets_session_status", "session_id", "status"),  # the session's open ticket
+    )
+
+
+class CannedReply(Base):
+    """An agent's saved reply (快捷回复), inserted with "/" + shortcut; owner_id "" is shared by all."""
+
+    __tablename__ = "canned_replies"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    owner_id: Mapped[str] = mapped_column(String(128), default="")
+    shortcut: Mapped[str] = mapped_column(String(32))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("uq_canned_replies_owner_shortcut", "owner_id", "shortcut", unique=True),)

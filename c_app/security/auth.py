@@ -43,6 +43,9 @@ MISSING = "缺少认证信息"
 INVALID = "认证信息无效或已过期"
 FOREIGN_USER = "无权访问该用户的数据"
 NOT_OPERATOR = "无权访问服务统计"
+NOT_AGENT = "仅限客服人员访问"
+AGENT_NOT_CUSTOMER = "客服账号不能以客户身份操作"
+AGENT_ROLES = ("agent", "supervisor")
 FOREIGN_ORIGIN = "origin not allowed"
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -60,6 +63,15 @@ class Actor:
     user_id: str | None
     mode: AuthMode = "none"
     expires_at: float | None = None
+    # A human agent (issue 10): role agent | supervisor, their id and display name. An agent is not a
+    # customer: customer routes refuse them (api/deps.py), agent routes accept nobody else.
+    role: str = "customer"
+    agent_id: str | None = None
+    agent_name: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role in AGENT_ROLES
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
@@ -108,6 +120,7 @@ class Authenticator:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway
+        self.agent_keys = [_agent_key(key.get_secret_value()) for key in settings.agent_keys]
         self.jwt_key: Any = None
         self.algorithms: list[str] = []
         if self.mode == "api_key" and not self.api_keys:
@@ -138,11 +151,32 @@ class Authenticator:
             matched = False
             for key in self.api_keys:
                 matched |= hmac.compare_digest(given, key)
+            agent: tuple[str, str, str] | None = None
+            for agent_key, identity in self.agent_keys:
+                if hmac.compare_digest(given, agent_key):
+                    agent = identity
+            if agent is not None:
+                agent_id, name, role = agent
+                return Actor(user_id=None, mode="api_key", role=role, agent_id=agent_id, agent_name=name)
             if not matched:
                 raise Unauthorized(INVALID, headers=CHALLENGE)
             return Actor(user_id=None, mode="api_key")
-        subject, expires = self._jwt_claims(token)
+        subject, expires, claims = self._jwt_claims(token)
         # The token stops being valid when PyJWT would stop accepting it: exp plus the leeway.
+        claimed_role = claims.get("role")
+        if claimed_role in AGENT_ROLES:
+            claimed_name = claims.get("name")
+            display = (
+                claimed_name[:100] if isinstance(claimed_name, str) and claimed_name.strip() else subject
+            )
+            return Actor(
+                user_id=None,
+                mode="jwt",
+                expires_at=expires + self.leeway,
+                role=str(claimed_role),
+                agent_id=subject,
+                agent_name=display,
+            )
         return Actor(user_id=subject, mode="jwt", expires_at=expires + self.leeway)
 
     def require_operator(self, headers: Headers) -> None:
@@ -171,7 +205,7 @@ class Authenticator:
         own = (host or "").strip().lower()
         return bool(own) and parts.scheme in ("http", "https") and parts.netloc == own
 
-    def _jwt_claims(self, token: str) -> tuple[str, float]:
+    def _jwt_claims(self, token: str) -> tuple[str, float, dict[str, Any]]:
         try:
             claims = jwt.decode(
                 token,
@@ -189,7 +223,17 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not valid_id(subject):
             raise Unauthorized(INVALID, headers=CHALLENGE)
-        return subject, float(claims["exp"])  # PyJWT checked that exp is a number
+        return subject, float(claims["exp"]), claims  # PyJWT checked that exp is a number
+
+
+def _agent_key(spec: str) -> tuple[bytes, tuple[str, str, str]]:
+    """One AGENT_KEYS item, `key:agent_id:显示名[:supervisor]`: the key and (agent id, name, role)."""
+    fields = [field.strip() for field in spec.split(":")]
+    if len(fields) < 2 or not fields[0] or not valid_id(fields[1]):
+        raise ValueError("AGENT_KEYS items are key:agent_id:name[:supervisor]")
+    name = fields[2] if len(fields) > 2 and fields[2] else fields[1]
+    role = "supervisor" if len(fields) > 3 and fields[3] == "supervisor" else "agent"
+    return fields[0].encode(), (fields[1], name[:100], role)
 
 
 def _origin(value: str) -> str:

@@ -52,6 +52,8 @@ from .upload_service import UploadService
 
 if TYPE_CHECKING:  # built by the container, used here through its methods only
     from ..privacy.sensitive import SensitiveWords, WordList
+    from .agent_service import AgentService
+    from .stops import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ class Turn:
     message_id: int
     # Set when the message was blocked (sensitive word): `answer` streams this fixed reply instead.
     reply: str | None = None
+    # The session's status when the message arrived (issue 10: waiting_human, with_agent, ticket:
+    # the bot does not answer).
+    status: str = "active"
 
 
 @dataclass(slots=True)
@@ -170,6 +175,9 @@ class ChatService:
         self.sensitive = sensitive  # None: no sensitive-word list configured, no checks
         # Turns being answered in this process, by session, so a stop request can end them.
         self._running: dict[str, set[asyncio.Event]] = {}
+        # Human agents (issue 10) and stops across replicas; set by the container.
+        self.agents: AgentService | None = None
+        self.stops: StopSignals | None = None
 
     # -- before the stream: everything that can be refused --------------------------------------
 
@@ -191,9 +199,9 @@ class ChatService:
             )
             await self._moderated(session_id, user_id, row.id, "question", scan.hits, scan.words)
             return Turn(user_id, session_id, text, parts, row.id, reply=self.settings.sensitive_reply)
-        await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
+        session = await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
         row = await self.sessions.add_message(session_id, user_id, role="user", content=text, parts=parts)
-        return Turn(user_id, session_id, text, parts, row.id)
+        return Turn(user_id, session_id, text, parts, row.id, status=session.status)
 
     async def _moderated(
         self,
@@ -235,6 +243,12 @@ class ChatService:
             async for reply_event in self._fixed_reply(turn, turn.reply):
                 yield reply_event
             return
+        if self.agents is not None and turn.status != "active":
+            held = await self.agents.answer_held(turn, turn.status)
+            if held is not None:  # a person has the session (or takes a message): no bot answer
+                async for held_event in held:
+                    yield held_event
+                return
         started = time.monotonic()
         result = _Answer(engine=self.engine.name)
         finished_as = "complete"
@@ -254,6 +268,9 @@ class ChatService:
                 remember=lambda fact: self._remember(turn, fact),
             )
             stop = self._register(turn.session_id)
+            watch = self.stops.watch(turn.session_id, stop) if self.stops is not None else None
+            promise: str | None = None  # what the bot says after a hand-off (issue 10)
+            swallow = ""  # the engine's "transferring you" text, dropped when nobody is there
             try:
                 async for event in until_stopped(self.engine.stream(context), stop):
                     if isinstance(event, Meta):
@@ -262,6 +279,10 @@ class ChatService:
                         result.usage = event.usage or result.usage
                         result.outcome = event.outcome or result.outcome
                     elif isinstance(event, Delta):
+                        if swallow and swallow.startswith(event.text):
+                            swallow = swallow[len(event.text) :]
+                            continue
+                        swallow = ""
                         text = censor.feed(event.text) if censor is not None else event.text
                         if text:
                             result.text.append(text)
@@ -272,10 +293,34 @@ class ChatService:
                         ]
                         yield SourcesEvent(sources=result.sources)
                     elif isinstance(event, Handoff):
+                        if result.handoff:
+                            continue
                         result.handoff = True
-                        yield HandoffEvent(message=event.message)
+                        if self.agents is None:
+                            yield HandoffEvent(message=event.message)
+                            continue
+                        decision = await self.agents.hand_off(
+                            session_id=turn.session_id,
+                            user_id=turn.user_id,
+                            reason="model" if result.engine != "knowledge_base" else "customer",
+                            last_question=turn.text,
+                            sources=result.sources or None,
+                        )
+                        if decision.queued:
+                            promise = decision.text
+                            yield HandoffEvent(message=event.message)
+                        else:  # nobody is there: no "transferring you", but when people are back
+                            swallow = event.message + "\n"
+                            result.text.append(decision.text)
+                            yield HandoffEvent(message=decision.text)
+                            yield DeltaEvent(text=decision.text)
             finally:
                 self._unregister(turn.session_id, stop)
+                if watch is not None:
+                    watch.cancel()
+            if promise is not None:
+                result.text.append("\n" + promise)
+                yield DeltaEvent(text="\n" + promise)
             if censor is not None and (tail := censor.flush()):
                 result.text.append(tail)
                 yield DeltaEvent(text=tail)
@@ -369,7 +414,7 @@ class ChatService:
                 sources=result.sources or None,
                 usage=result.usage,
                 latency_ms=latency_ms,
-                handoff=result.handoff,
+                handoff=result.handoff and self.agents is None,  # else the agent service set it
                 outcome=result.final_outcome,
                 entry_id=next((s["id"] for s in result.sources if s.get("type") == "public"), None),
             )
@@ -409,7 +454,10 @@ class ChatService:
     async def stop(self, session_id: str, *, owner_id: str | None) -> bool:
         """Stop the answers being generated in a session (in this process). True if one was running."""
         await self.sessions.get(session_id, owner_id=owner_id)
-        return self.interrupt(session_id)
+        stopped = self.interrupt(session_id)
+        if self.stops is not None:  # the turn may run on another replica: the flag and the bus reach it
+            stopped = await self.stops.request(session_id, stopped_here=stopped) or stopped
+        return stopped
 
     def interrupt(self, session_id: str) -> bool:
         running = self._running.get(session_id, set())

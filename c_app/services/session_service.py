@@ -90,6 +90,8 @@ class SessionService:
         handoff: bool = False,
         outcome: str | None = None,
         entry_id: int | None = None,
+        agent_id: str | None = None,
+        agent_name: str | None = None,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
         session now waits for a person).
@@ -112,6 +114,8 @@ class SessionService:
                     latency_ms=latency_ms,
                     outcome=outcome,
                     entry_id=entry_id,
+                    agent_id=agent_id,
+                    agent_name=agent_name,
                 )
                 # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
                 # foreign key's lock on the session row): an erasure is wholly before or after this.

@@ -82,6 +82,8 @@ async def message_feedback(
     row = await services.sessions.set_feedback(
         message_id, owner_id=owner, rating=request.rating, comment=request.comment
     )
+    if request.rating == "dislike":  # two 👎 in a row hand the session to a person (issue 10)
+        await services.agents.on_feedback(row.session_id, row.user_id)
     feedback = Feedback.from_row(row)
     return Envelope[FeedbackResult](
         message="评价已保存" if feedback else "评价已清除",
