@@ -22,7 +22,7 @@ from httpx_sse import aconnect_sse
 
 from c_app.config import Settings
 from c_app.container import Services, build_services
-from c_app.db.models import ChatSession, Memory, MemoryChange, Message, ModerationEvent, Upload
+from c_app.db.models import ChatSession, Memory, MemoryChange, Message, ModerationEvent, Ticket, Upload
 from c_app.main import create_app
 from c_app.schemas.customer import ChatMessage
 from c_app.schemas.events import DeltaEvent, DoneEvent
@@ -49,6 +49,7 @@ DATA_COUNTS = (
     "uploads",
     "upload_files",
     "moderation_events",
+    "tickets",
 )
 
 
@@ -61,7 +62,8 @@ async def admin(start_app):
 async def populate(
     app: Any, client: httpx.AsyncClient, user: str = "u1", session: str = "s1"
 ) -> dict[str, Any]:
-    """Sessions with answered questions, a rating, a private fact, an upload and a sensitive-word event."""
+    """Sessions with answered questions, a rating, a private fact, an upload, a sensitive-word event
+    and a ticket (留言)."""
     for question in ("怎么退货", "买东西怎么开发票？"):
         response = await client.post(
             "/api/v1/chat/stream", json=chat_body(question, user_id=user, session_id=session)
@@ -84,6 +86,7 @@ async def populate(
         db.add(
             ModerationEvent(user_id=user, session_id=session, direction="question", hits=1, words=["违禁词"])
         )
+    await app.state.services.tickets.record(user, session, f"请回电 13812345678，{user}@example.com")
     return {"answer_id": answer_id, "upload": upload, "image": image}
 
 
@@ -104,6 +107,7 @@ async def user_counts(app: Any, user: str) -> dict[str, int]:
         "memories": await count(app, Memory, Memory.owner_id == user),
         "uploads": await count(app, Upload, Upload.user_id == user),
         "moderation_events": await count(app, ModerationEvent, ModerationEvent.user_id == user),
+        "tickets": await count(app, Ticket, Ticket.user_id == user),
     }
 
 
@@ -129,7 +133,15 @@ async def test_export_archive_holds_all_of_the_customers_data(admin) -> None:
         "counts",
         "exported_at",
     }
-    assert data["tickets"] == [] and "tickets" in data["not_yet_held"]
+    [ticket] = data["tickets"]
+    assert (ticket["session_id"], ticket["content"], ticket["phone"], ticket["email"], ticket["status"]) == (
+        "s1",
+        "请回电 13812345678，u1@example.com",
+        "13812345678",
+        "u1@example.com",
+        "open",
+    )
+    assert data["not_yet_held"] == {}
     assert sorted(s["id"] for s in data["sessions"]) == ["s1", "s1-b"]
     assert len(data["messages"]) == 6  # three questions, three answers
     assert {m["session_id"] for m in data["messages"]} == {"s1", "s1-b"}
@@ -153,7 +165,7 @@ async def test_export_archive_holds_all_of_the_customers_data(admin) -> None:
         "chat_memories": 3,
         "uploads": 1,
         "moderation_events": 1,
-        "tickets": 0,
+        "tickets": 1,
     }
     assert sorted(archive.namelist()) == ["customer.json", upload["file"]]
     assert "other" not in json.dumps(data, ensure_ascii=False)  # nobody else's data
@@ -210,6 +222,7 @@ async def test_erase_removes_everything_and_nothing_is_retrievable_afterwards(ad
         "uploads": 1,
         "upload_files": 1,
         "moderation_events": 1,
+        "tickets": 1,
     }
     assert await user_counts(app, "u1") == dict.fromkeys(other_before, 0)
     assert await user_counts(app, "other") == other_before  # nobody else's data went
@@ -238,7 +251,8 @@ async def test_erase_removes_everything_and_nothing_is_retrievable_afterwards(ad
     assert_envelope(await client.get(f"/download/{name}"), 404)
     data, _ = read_archive(await client.get(f"{CUSTOMERS}/u1/export", headers=AUTH))
     assert all(
-        data[k] == [] for k in ("sessions", "messages", "private_memories", "chat_memories", "uploads")
+        data[k] == []
+        for k in ("sessions", "messages", "private_memories", "chat_memories", "uploads", "tickets")
     )
 
     # The other customer still finds their own.

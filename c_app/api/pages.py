@@ -1,10 +1,11 @@
-"""The app's own pages: the chat page at /chat and the operator console at /admin.
+"""The app's own pages: the chat page (/chat), the operator console (/admin), the agent console (/agent).
 
 Plain HTML, CSS and JS from c_app/web, served by the app itself (no build step), each with its own
 Content-Security-Policy (the security middleware keeps a response's CSP) and the assets beside it.
 The console is an empty shell, the same for everyone: it asks for the ADMIN_TOKEN and then reads
 every datum from /api/v1/admin/..., which refuse a caller without that token. Its charts are drawn
-with uPlot, vendored under c_app/web/assets/vendor/uplot (see its README).
+with uPlot, vendored under c_app/web/assets/vendor/uplot (see its README). The agent console (issue 10) is
+the same kind of shell: it asks for an agent's token and reads everything from /api/v1/agent/...
 """
 
 from __future__ import annotations
@@ -44,3 +45,4 @@ def _serve(app: FastAPI, path: str, page: str, policy: str) -> None:
 def setup_pages(app: FastAPI) -> None:
     _serve(app, "/chat", "index.html", CHAT_POLICY)
     _serve(app, "/admin", "admin.html", ADMIN_POLICY)
+    _serve(app, "/agent", "agent.html", ADMIN_POLICY)

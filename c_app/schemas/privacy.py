@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from ..db.models import AuditEntry, ChatSession, Memory, Message, ModerationEvent, Upload
+    from ..db.models import AuditEntry, ChatSession, Memory, Message, ModerationEvent, Ticket, Upload
 
 EXPORT_FORMAT = "c_app.customer-export"
 EXPORT_VERSION = 1
-# What the archive says about data kinds the service does not hold yet.
-NOT_YET_HELD = {"tickets": "工单功能尚未上线，系统中没有该客户的工单数据"}
+# What the archive says about data kinds the service does not hold yet (none since tickets, issue 10).
+NOT_YET_HELD: dict[str, str] = {}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -102,6 +102,19 @@ def export_moderation_event(row: ModerationEvent) -> dict[str, Any]:
     }
 
 
+def export_ticket(row: Ticket) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "session_id": row.session_id,
+        "content": row.content,
+        "phone": row.phone,
+        "email": row.email,
+        "status": row.status,
+        "created_at": _iso(row.created_at),
+        "closed_at": _iso(row.closed_at),
+    }
+
+
 # -- answers --------------------------------------------------------------------------------------
 
 
@@ -118,6 +131,7 @@ class ErasureResult(BaseModel):
         int  # files removed from disk (an upload row whose file was already gone counts in uploads only)
     )
     moderation_events: int
+    tickets: int  # messages left while no agent was there (留言)
     rate_limit_keys: int  # the customer's rate-limit counters that were cleared
     audit_entries_pseudonymised: int  # audit entries that named the customer and now carry the pseudonym
     stopped_answers: int  # answers being generated for the customer in this process, stopped

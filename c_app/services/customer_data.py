@@ -2,7 +2,7 @@
 
 A customer is a user id. What the service holds about them: chat sessions and their messages (with
 the customer's ratings), private memories, chat memory (past exchanges), uploads (rows and files),
-and sensitive-word events. Tickets do not exist yet; the archive says so.
+sensitive-word events, and tickets (留言 left while no agent was there).
 
 Export (`export`): a zip built in an anonymous temporary file beside the uploads (never in memory,
 whatever the customer's volume): `customer.json`, written row batch by row batch, and the upload
@@ -10,7 +10,7 @@ files under `uploads/`. The caller streams the file and closes it.
 
 Erasure (`erase`), in one transaction: the sessions are locked first, then messages, sessions,
 private and chat memories (each removal logged in `memory_changes`, so every replica's index drops
-them; their vectors go too), upload rows, and sensitive-word events are deleted, the upload files
+them; their vectors go too), upload rows, sensitive-word events and tickets are deleted, the upload files
 unlinked, and the audit entry written; entries naming the customer get their pseudonym (see
 audit_service). The customer's rate-limit counters are cleared first (outside the database).
 Repeating it finds nothing and removes nothing.
@@ -40,6 +40,7 @@ from limits.errors import StorageError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import customers as repo
+from ..db import tickets as tickets_repo
 from ..db.memories import CHAT, PRIVATE
 from ..db.models import Memory
 from ..errors import NotFound
@@ -52,6 +53,7 @@ from ..schemas.privacy import (
     export_moderation_event,
     export_private_memory,
     export_session,
+    export_ticket,
     export_upload,
 )
 from ..security.rate_limit import RateLimits
@@ -187,6 +189,11 @@ class CustomerDataService:
                         self._pages(partial(repo.moderation_page, user_id=user_id), 0, _id),
                         export_moderation_event,
                     ),
+                    (
+                        "tickets",
+                        self._pages(partial(tickets_repo.for_user, user_id=user_id), 0, _id),
+                        export_ticket,
+                    ),
                 ]
                 for name, batches, render in lists:
                     counts[name] = await _write_list(out, name, batches, render)
@@ -241,6 +248,7 @@ class CustomerDataService:
             await repo.delete_memories(db, removed)
             names = await repo.delete_uploads(db, user_id)
             events = await repo.delete_moderation_events(db, user_id)
+            tickets = await tickets_repo.delete_for_user(db, user_id)
             # Files go before the commit: should the commit fail, the rows remain (a retry finishes the
             # job), whereas files left behind by a committed erasure would be known to nobody.
             files = await anyio.to_thread.run_sync(self._remove_files, names)
@@ -252,6 +260,7 @@ class CustomerDataService:
                 "uploads": len(names),
                 "upload_files": files,
                 "moderation_events": events,
+                "tickets": tickets,
                 "rate_limit_keys": rate_limit_keys,
                 "audit_entries_pseudonymised": await self.audit.pseudonymise(db, user_id, pseudonym),
             }

@@ -1,4 +1,7 @@
-// The chat page: session list, streamed answers, image upload, stop, feedback, history.
+// The chat page: session list, streamed answers, image upload, stop, feedback, history, and the
+// human agent's side (issue 10): agent messages and typing arrive on the session's event stream
+// (GET /session/{id}/events, read with fetch() so the token stays in a header), a rating after the
+// agent closes, and a ticket form when nobody is there.
 // Plain ES module, no build step, no third-party code. Text from the server is only ever put into
 // the page as text nodes (see markdown.js).
 
@@ -10,8 +13,11 @@ const ui = {
   sidebar: $("sidebar"), backdrop: $("backdrop"), toggle: $("toggle-sidebar"), list: $("session-list"),
   listEmpty: $("session-empty"), newSession: $("new-session"), title: $("title"), messages: $("messages"),
   welcome: $("welcome"), form: $("composer"), input: $("input"), file: $("file"), send: $("send"),
-  stop: $("stop"), attachments: $("attachments"), status: $("status"),
+  stop: $("stop"), attachments: $("attachments"), status: $("status"), agentTyping: $("agent-typing"),
 };
+const INPUT_PLACEHOLDER = ui.input.placeholder;
+const TICKET_PLACEHOLDER = "请输入您的问题和联系方式（手机或邮箱），我们会尽快联系您";
+const TYPING_MS = 3000;
 
 function randomId(bytes = 8) {
   // getRandomValues works on plain-http pages too, where crypto.randomUUID does not exist.
@@ -48,6 +54,8 @@ function currentToken() {
 
 const state = {
   user: currentUser(), token: currentToken(), session: null, sessions: [], controller: null, attachments: [],
+  live: null, // { session, controller, lastEventId, agent } while the session's event stream is open
+  typingSent: 0, typingTimer: 0,
 };
 const auth = () => (state.token ? { Authorization: `Bearer ${state.token}` } : {});
 const sessionKey = `c_app.session.${state.user}`;
@@ -159,6 +167,8 @@ function clearConversation() {
 
 function startNewSession() {
   if (state.controller) return;
+  stopWatching();
+  showMode("active");
   // The id is made here and the session is created by the first message (the seed's /stream does so).
   state.session = null;
   localStorage.removeItem(sessionKey);
@@ -181,6 +191,9 @@ async function openSession(sessionId) {
     });
     for (const message of page.messages.reverse()) renderStored(message);
     scrollToEnd();
+    watchSession(sessionId);
+    const info = await api(`/session/${encodeURIComponent(sessionId)}`, { query: mine() });
+    showMode(info.status);
   } catch (err) {
     if (err.status !== 404) setStatus(err.message, true);
   }
@@ -249,6 +262,140 @@ function showNotice(view, text, kind = "notice") {
   view.extras.append(el("div", { class: kind, textContent: text }));
 }
 
+// ---- the human agent (issue 10) ----------------------------------------------------------------
+
+function showMode(status) {
+  // "ticket": nobody is there, the next message is left for the agents (留言).
+  const ticket = status === "ticket";
+  ui.input.placeholder = ticket ? TICKET_PLACEHOLDER : INPUT_PLACEHOLDER;
+  document.body.dataset.mode = status || "active";
+}
+
+function liveNotice(text, kind = "notice live-notice") {
+  ui.welcome.hidden = true;
+  ui.messages.append(el("div", { class: `system ${kind}`, textContent: text }));
+  scrollToEnd();
+}
+
+function showTicketForm() {
+  liveNotice("当前没有人工客服在线。请在下方输入框留下您的问题和联系方式（手机或邮箱），我们会尽快与您联系。", "ticket-form handoff");
+  showMode("ticket");
+  ui.input.focus();
+}
+
+function showRating(sessionId) {
+  if (ui.messages.querySelector(`.rating[data-session-id="${sessionId}"]`)) return;
+  let score = 0;
+  const stars = [1, 2, 3, 4, 5].map((n) => el("button", {
+    type: "button", class: "star", textContent: "★", title: `${n} 分`, "aria-label": `${n} 分`,
+    onclick: () => {
+      score = n;
+      stars.forEach((star, i) => star.setAttribute("aria-pressed", String(i < n)));
+    },
+  }));
+  const comment = el("textarea", { class: "rating-comment", rows: 2, maxLength: 1000, placeholder: "说说您的感受（可选）" });
+  const note = el("div", { class: "small muted" });
+  const submit = el("button", { type: "button", class: "primary rating-submit", textContent: "提交评价" });
+  const box = el("div", { class: "rating", "data-session-id": sessionId },
+    el("div", { textContent: "本次人工服务已结束，请为客服打分：" }), el("div", { class: "stars" }, ...stars), comment, submit, note);
+  submit.addEventListener("click", async () => {
+    if (!score) {
+      note.textContent = "请先选择 1-5 分";
+      return;
+    }
+    try {
+      await api(`/session/${encodeURIComponent(sessionId)}/rating`, {
+        method: "POST", body: { score, comment: comment.value.trim() }, query: mine(),
+      });
+      box.replaceChildren(el("div", { class: "rating-done", textContent: `感谢您的评价（${score} 分）！` }));
+    } catch (err) {
+      note.textContent = err.message;
+    }
+  });
+  ui.welcome.hidden = true;
+  ui.messages.append(box);
+  scrollToEnd();
+}
+
+function showAgentTyping(name) {
+  ui.agentTyping.textContent = `客服 ${name || ""} 正在输入…`;
+  ui.agentTyping.hidden = false;
+  clearTimeout(state.typingTimer);
+  state.typingTimer = setTimeout(() => { ui.agentTyping.hidden = true; }, TYPING_MS + 1000);
+}
+
+function onLiveEvent(live, { type, data }) {
+  if (live.session !== state.session) return;
+  if (type === "queued") {
+    const wait = data.estimated_wait_seconds ? `，预计等待约 ${Math.max(1, Math.round(data.estimated_wait_seconds / 60))} 分钟` : "";
+    liveNotice(`您正在排队，前面还有 ${Math.max(0, (data.position ?? 1) - 1)} 位${wait}`);
+  } else if (type === "agent_joined") {
+    live.agent = data.agent_name || "";
+    showMode("with_agent");
+    liveNotice(`人工客服 ${live.agent} 已接入，为您服务`);
+  } else if (type === "agent_message" && data.message) {
+    ui.agentTyping.hidden = true;
+    renderAgentMessage(data.message);
+    if (data.message.id != null) {
+      api(`/session/${encodeURIComponent(live.session)}/read`, {
+        method: "POST", body: { message_id: data.message.id }, query: mine(),
+      }).catch(() => {});
+    }
+  } else if (type === "agent_typing") {
+    showAgentTyping(data.agent_name);
+  } else if (type === "closed") {
+    live.agent = null;
+    ui.agentTyping.hidden = true;
+    showMode("active");
+    liveNotice("人工服务已结束，如有其他问题可以继续向智能客服提问");
+    if (data.rating_requested !== false) showRating(live.session);
+  }
+}
+
+function stopWatching() {
+  state.live?.controller.abort();
+  state.live = null;
+  ui.agentTyping.hidden = true;
+}
+
+async function watchSession(sessionId) {
+  if (state.live?.session === sessionId) return;
+  stopWatching();
+  const live = (state.live = { session: sessionId, controller: new AbortController(), lastEventId: null, agent: null });
+  let delay = 500;
+  while (state.live === live) {
+    try {
+      const headers = { ...auth(), Accept: "text/event-stream" };
+      if (live.lastEventId) headers["Last-Event-ID"] = live.lastEventId; // a reconnect misses nothing
+      const url = `${API}/session/${encodeURIComponent(sessionId)}/events?user_id=${encodeURIComponent(state.user)}`;
+      const response = await fetch(url, { headers, signal: live.controller.signal });
+      if (response.status === 404 || response.status === 401 || response.status === 403) {
+        if (state.live === live) state.live = null;
+        return;
+      }
+      if (!response.ok) throw new Error(String(response.status));
+      delay = 500;
+      document.body.dataset.live = "true"; // tests wait for this
+      for await (const event of readEvents(response.body, true)) {
+        if (event.id) live.lastEventId = event.id;
+        onLiveEvent(live, event);
+      }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 10_000);
+  }
+}
+
+function sendTyping() {
+  if (!state.live?.agent || !state.session) return;
+  const now = Date.now();
+  if (now - state.typingSent < TYPING_MS) return;
+  state.typingSent = now;
+  api(`/session/${encodeURIComponent(state.session)}/typing`, { method: "POST", query: mine() }).catch(() => {});
+}
+
 function showFeedback(view, messageId, rating) {
   const buttons = {
     like: el("button", { type: "button", class: "icon", textContent: "👍", title: "有帮助", "aria-label": "有帮助" }),
@@ -272,8 +419,18 @@ function showFeedback(view, messageId, rating) {
   view.extras.append(el("div", { class: "feedback", "data-message-id": String(messageId) }, buttons.like, buttons.dislike));
 }
 
+function renderAgentMessage(message) {
+  if (message.id != null && ui.messages.querySelector(`.msg.agent[data-message-id="${message.id}"]`)) return;
+  const { row, bubble } = addBubble("agent");
+  if (message.id != null) row.dataset.messageId = String(message.id);
+  bubble.append(el("div", { class: "agent-name", textContent: `人工客服 ${message.agent_name || ""}` }),
+    el("div", { class: "text", textContent: message.content }));
+  scrollToEnd();
+}
+
 function renderStored(message) {
   if (message.role === "user") return renderQuestion(message.content, imageUrls(message.parts));
+  if (message.role === "agent") return renderAgentMessage(message);
   const view = answerView();
   view.text = message.content;
   paintAnswer(view);
@@ -287,6 +444,7 @@ function renderStored(message) {
 /** Parse one SSE frame: typed (`event:` + JSON data) or the seed's plain framing. */
 function parseFrame(frame) {
   let type = null;
+  let id = null;
   const data = [];
   for (const line of frame.split("\n")) {
     if (!line || line.startsWith(":")) continue; // comments are heartbeats
@@ -294,13 +452,14 @@ function parseFrame(frame) {
     const field = colon < 0 ? line : line.slice(0, colon);
     const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
     if (field === "event") type = value;
+    else if (field === "id") id = value;
     else if (field === "data") data.push(value);
   }
   if (!data.length) return null;
   const payload = data.join("\n");
   if (type) {
     try {
-      return { type, data: JSON.parse(payload) };
+      return { type, id, data: JSON.parse(payload) };
     } catch {
       return null;
     }
@@ -359,7 +518,7 @@ async function send(text) {
   const controller = (state.controller = new AbortController());
   setBusy(true);
   setStatus("");
-  const result = { finished: false, messageId: null };
+  const result = { finished: false, messageId: null, status: null, handoff: false };
   try {
     const response = await fetch(`${API}/stream?events=typed`, {
       method: "POST",
@@ -374,10 +533,15 @@ async function send(text) {
     for await (const { type, data } of readEvents(response.body)) {
       if (type === "delta") appendText(view, data.text || "");
       else if (type === "sources") showSources(view, data.sources);
-      else if (type === "handoff") showNotice(view, data.message || "正在为您转接人工客服", "handoff");
+      else if (type === "handoff") {
+        result.handoff = true;
+        showNotice(view, data.message || "正在为您转接人工客服", "handoff");
+      }
       else if (type === "suggestions") showSuggestions(view, data.questions);
       else if (type === "error") showNotice(view, data.message || "处理出错，请稍后重试", "error");
-      else if (type === "done") Object.assign(result, { finished: true, messageId: data.message_id ?? null });
+      else if (type === "done") {
+        Object.assign(result, { finished: true, messageId: data.message_id ?? null, status: data.status ?? null });
+      }
     }
   } catch (err) {
     if (err.name === "AbortError") showNotice(view, "已停止生成");
@@ -391,9 +555,22 @@ async function send(text) {
     setBusy(false);
     scrollToEnd();
   }
-  if (result.finished && view.text) {
+  // An acknowledgement from the agent side (queued, held by a person, ticket taken) is not the bot's
+  // answer: nothing to rate.
+  const acknowledged = ["queued", "held", "ticket"].includes(result.status);
+  if (result.finished && view.text && !acknowledged) {
     const id = result.messageId ?? (await latestAnswerId().catch(() => null));
     if (id) showFeedback(view, id, null);
+  }
+  if (result.status === "ticket") {
+    showMode("active");
+    showNotice(view, "留言已提交，我们会尽快与您联系", "ticket-ack notice");
+  }
+  if (result.finished) watchSession(state.session);
+  if (result.handoff) {
+    const info = await api(`/session/${encodeURIComponent(state.session)}`, { query: mine() }).catch(() => null);
+    if (info?.status === "ticket") showTicketForm();
+    else if (info) showMode(info.status);
   }
   await loadSessions().catch(() => {});
 }
@@ -458,7 +635,10 @@ ui.input.addEventListener("keydown", (event) => {
     send(ui.input.value);
   }
 });
-ui.input.addEventListener("input", autosize);
+ui.input.addEventListener("input", () => {
+  autosize();
+  sendTyping();
+});
 ui.stop.addEventListener("click", stop);
 ui.newSession.addEventListener("click", startNewSession);
 ui.file.addEventListener("change", () => {
