@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     retention_batch_size: int = Field(default=500, ge=1)  # rows removed per transaction
 
+    # Fleet (issue 13): SIGTERM drains (no new turns, streams in flight get this long, then stored as
+    # interrupted); X-Replica names the process on every answer (unset: the host name).
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    replica_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
