@@ -116,7 +116,7 @@ def nginx_binary() -> str | None:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found or not shutil.which("apt-get"):
         return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "nginx-light"]
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
     if subprocess.run(install, capture_output=True, check=False).returncode != 0:
         subprocess.run(["apt-get", "update"], capture_output=True, check=False)
         subprocess.run(install, capture_output=True, check=False)
