@@ -1,31 +1,19 @@
 """Start the API: `python run_server.py` (HOST, PORT, RELOAD=1 and LOG_LEVEL from the environment)."""
 
-import copy
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
 from c_app.config import get_settings
-from c_app.privacy.logfilter import UVICORN_LOGGERS, MaskPersonalData, RedactSecrets
+from c_app.privacy.logfilter import uvicorn_log_config
 
 # Room for the request line (method, path, query with a token) on top of the headers themselves.
 REQUEST_LINE_ALLOWANCE = 8 * 1024
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's own logging set-up, with credentials redacted and personal data masked in every
-    line it writes (the access log names each path with its query: `?token=`, `?sig=`)."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {}).update(
-        redact_secrets={"()": RedactSecrets}, mask_personal_data={"()": MaskPersonalData}
-    )
-    for target in [
-        *config["handlers"].values(),
-        *(config["loggers"].setdefault(n, {}) for n in UVICORN_LOGGERS),
-    ]:
-        target.setdefault("filters", []).extend(["redact_secrets", "mask_personal_data"])
-    return config
+    """uvicorn's own logging set-up, with credentials redacted and personal data masked."""
+    return uvicorn_log_config()
 
 
 if __name__ == "__main__":
@@ -41,4 +29,6 @@ if __name__ == "__main__":
         # h11 (when chosen) refuses a request head past this; httptools has no such limit, so the
         # app's HeaderLimit middleware answers 431 past MAX_HEADER_BYTES either way.
         h11_max_incomplete_event_size=settings.max_header_bytes + REQUEST_LINE_ALLOWANCE,
+        # A backstop after the app's own drain on SIGTERM (SHUTDOWN_GRACE_SECONDS, api/lifecycle.py).
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
     )

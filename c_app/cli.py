@@ -4,6 +4,7 @@
     c-app import FILE [--format jsonl|csv|markdown] [--strict] [--progress/--no-progress]
     c-app export [--format jsonl|csv] [-o FILE]
     c-app search QUERY [--limit N]
+    c-app serve [--host H] [--port P]
 
 Settings come from the environment (MEMORY_DB_PATH, DATABASE_URL, ...) exactly as for the server,
 and every command first brings the schema to the newest revision.
@@ -123,6 +124,33 @@ async def run_search(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# uvicorn's backstop after the app's own drain (SHUTDOWN_GRACE_SECONDS) has stopped every turn:
+# time for the interrupted answers to be stored and their streams to end.
+DRAIN_BACKSTOP_SECONDS = 10.0
+
+
+def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """The API server (the container's entry point): SIGTERM drains, see c_app/api/lifecycle.py."""
+    import uvicorn
+
+    from .privacy.logfilter import uvicorn_log_config
+
+    uvicorn.run(
+        "c_app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + DRAIN_BACKSTOP_SECONDS),
+        # Behind the load balancer: client addresses (rate limits, audit) from X-Forwarded-For,
+        # trusted from FORWARDED_ALLOW_IPS (uvicorn's setting; 127.0.0.1 unless set).
+        proxy_headers=True,
+        # h11 (when chosen) refuses a request head past this (run_server.py does the same).
+        h11_max_incomplete_event_size=settings.max_header_bytes + 8 * 1024,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="c-app", description="智能客服知识库管理（使用与服务相同的环境变量配置）"
@@ -154,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="在知识库中检索并显示得分")
     search.add_argument("query")
     search.add_argument("--limit", type=int, default=10)
+
+    serve = commands.add_parser("serve", help="启动 API 服务（HOST、PORT 等取自环境变量）")
+    serve.add_argument("--host", help="监听地址（默认：HOST）")
+    serve.add_argument("--port", type=int, help="端口（默认：PORT）")
     return parser
 
 
@@ -162,6 +194,12 @@ COMMANDS = {"migrate": run_migrate, "import": run_import, "export": run_export, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":  # uvicorn runs its own event loop and logging
+        return run_serve(get_settings(), args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     bus_backend: Literal["auto", "memory", "redis", "postgres"] = "auto"
     bus_channel_prefix: str = "c_app"
 
+    # Fleet (issue 13): SIGTERM drains (no new turns, streams in flight get this long, then stored as
+    # interrupted); X-Replica names the process on every answer (unset: the host name).
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    replica_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
     @field_validator("api_keys", "agent_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -11,6 +11,8 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import api_router
+from .api.lifecycle import Drain, ReplicaHeader, replica_name
+from .api.lifecycle import router as lifecycle_router
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
@@ -56,8 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.services = services
         app.state.started_at = time.monotonic()
+        app.state.drain = Drain(services.chat, settings.shutdown_grace_seconds)
         try:
-            yield
+            with app.state.drain.on_sigterm():
+                yield
         finally:
             logger.info("stopping %s", settings.app_name)
             await services.aclose()
@@ -84,10 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Oversized headers are refused before CORS, body parsing or routing look at the request.
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
     install_security(app, settings)  # outermost: headers and request ids on every answer
+    app.add_middleware(ReplicaHeader, name=replica_name(settings))
     setup_static_files(app)
     setup_pages(app)
     app.include_router(api_router, prefix="/api")
     app.include_router(openai_router)
+    app.include_router(lifecycle_router)  # GET /ready
 
     @app.get("/", tags=["系统"])
     async def root() -> ServiceInfo:

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "services": {"config", "errors", "db", "retrieval", "engines", "schemas", "security", "privacy"},
     "container": {"config", "db", "engines", "retrieval", "services", "privacy"},
     "api": {"config", "errors", "container", "services", "schemas", "security", "engines", "privacy", "web"},
-    "cli": {"config", "container", "errors", "services"},
+    "cli": {"config", "container", "errors", "services", "privacy"},  # privacy: `serve`'s log filters
     "main": {"api", "config", "container", "schemas", "privacy"},
 }
 

@@ -21,9 +21,11 @@ formatter unpacks its five args) whenever the rewritten args give the same line.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 from .pii import mask_text
@@ -144,3 +146,21 @@ def install_log_filters(handlers: Iterable[logging.Handler] = ()) -> None:
         for log_filter in _FILTERS:
             if not any(isinstance(existing, type(log_filter)) for existing in target.filters):
                 target.addFilter(log_filter)
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging set-up, with credentials redacted and personal data masked in every
+    line it writes (the access log names each path with its query: `?token=`, `?sig=`), for
+    run_server.py and `c-app serve`."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {}).update(
+        redact_secrets={"()": RedactSecrets}, mask_personal_data={"()": MaskPersonalData}
+    )
+    for target in [
+        *config["handlers"].values(),
+        *(config["loggers"].setdefault(n, {}) for n in UVICORN_LOGGERS),
+    ]:
+        target.setdefault("filters", []).extend(["redact_secrets", "mask_personal_data"])
+    return config

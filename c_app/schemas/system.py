@@ -26,6 +26,21 @@ class Liveness(BaseModel):
     service: str
 
 
+class ReadinessChecks(BaseModel):
+    database: Health = "healthy"
+    redis: Literal["healthy", "unhealthy", "not_configured"] = "healthy"
+    index: Health = "healthy"  # the knowledge-base index is loaded
+    draining: bool = False  # SIGTERM received: finishing streams in flight, no new turns
+
+
+class Readiness(BaseModel):
+    """GET /ready: 200 when this replica should get traffic, else 503 (status "not_ready")."""
+
+    status: Literal["ready", "not_ready"]
+    replica: str
+    checks: ReadinessChecks
+
+
 class ServiceChecks(BaseModel):
     chat_service: Health = "healthy"
     session_service: Health = "healthy"  # the database answers

@@ -34,7 +34,7 @@ from ..engines.base import (
     TurnContext,
     close_questions,
 )
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, ServiceUnavailable
 from ..schemas.customer import ChatMessage, MemoryItem
 from ..schemas.events import (
     ChatEvent,
@@ -73,6 +73,7 @@ _DATA_URL = re.compile(r"^data:image/(?:png|jpeg|gif|webp|bmp);base64,[A-Za-z0-9
 HISTORY_LIMIT = 20
 BLOCKED = "blocked"  # status of a customer's message refused for a sensitive word, and of the fixed reply
 FAILURE_MESSAGE = "处理聊天请求时发生错误，请稍后重试"
+DRAINING_MESSAGE = "服务正在重启，请稍后重试"
 _PART_TYPES = {"text", "image_url", "image"}
 
 
@@ -178,11 +179,17 @@ class ChatService:
         # Human agents (issue 10) and stops across replicas; set by the container.
         self.agents: AgentService | None = None
         self.stops: StopSignals | None = None
+        # Graceful drain (SIGTERM, api/lifecycle.py): no new turn once draining; every running one
+        # (and any still to register) told to stop once the grace is over.
+        self.draining = False
+        self._stopping = False
 
     # -- before the stream: everything that can be refused --------------------------------------
 
     async def prepare(self, *, user_id: str, session_id: str, message: ChatMessage) -> Turn:
         """Check the message, make sure the session is the user's, and store the question."""
+        if self.draining:
+            raise ServiceUnavailable(DRAINING_MESSAGE, headers={"Retry-After": "1"})
         if not session_id.strip():
             raise BadRequest("会话ID不能为空")
         text, parts = normalise_content(message, self.settings)
@@ -441,6 +448,8 @@ class ChatService:
 
     def _register(self, session_id: str) -> asyncio.Event:
         stop = asyncio.Event()
+        if self._stopping:
+            stop.set()
         self._running.setdefault(session_id, set()).add(stop)
         return stop
 
@@ -458,6 +467,17 @@ class ChatService:
         if self.stops is not None:  # the turn may run on another replica: the flag and the bus reach it
             stopped = await self.stops.request(session_id, stopped_here=stopped) or stopped
         return stopped
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new turns at once (503), let running ones finish for up to `grace` seconds, then
+        stop the rest: each stores what it has as interrupted and ends its stream with `done`.
+        The server exits once the last stream has ended, cancelling this wait if it is still on."""
+        self.draining = True
+        await asyncio.sleep(grace)
+        self._stopping = True
+        for stops in list(self._running.values()):
+            for event in stops:
+                event.set()
 
     def interrupt(self, session_id: str) -> bool:
         running = self._running.get(session_id, set())

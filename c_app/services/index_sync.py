@@ -162,6 +162,11 @@ class IndexSync:
         if self.dense is not None:
             await self.dense.start()
 
+    @property
+    def loaded(self) -> bool:
+        """The public index is built and followed (the replica's readiness, GET /ready)."""
+        return self._public_loaded
+
     async def stop(self) -> None:
         if self.dense is not None:
             await self.dense.stop()
