@@ -46,7 +46,10 @@ class StopSignals:
         if not self.distributed or self._listener is not None:
             return
         self._listener = asyncio.create_task(self._listen())
-        await asyncio.wait_for(self._ready.wait(), timeout=10)
+        try:  # a bus that is down must not keep the replica from starting: /ready says it is not ready
+            await asyncio.wait_for(self._ready.wait(), timeout=5)
+        except TimeoutError:
+            logger.warning("stop listener: the event bus is not reachable yet; retrying in the background")
 
     async def stop(self) -> None:
         if self._listener is not None:
