@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from .engines.base import Engine
 from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
 from .engines.llm_responder import LLMResponder
+from .observability.metrics import INDEX_LAG, GaugeSampler, pool_gauges
+from .observability.model import MeteredModel
 from .privacy.masking import MaskingEngine
 from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
@@ -63,6 +65,8 @@ class Services:
     customer_data: CustomerDataService
     retention: RetentionService
     console: ConsoleService
+    # Gauges sampled for /metrics: register a function at start-up (`gauges.register(HANDOFF_QUEUE, fn)`).
+    gauges: GaugeSampler = field(default_factory=GaugeSampler)
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -74,8 +78,11 @@ class Services:
             await self._load_sample()
         if index and self.settings.retention_days is not None:
             self.retention.start()  # the periodic purge (one replica at a time runs it)
+        if index:
+            self.gauges.start()  # several worker processes: sampled in the background too
 
     async def aclose(self) -> None:
+        await self.gauges.stop()
         await self.retention.stop()
         await self.chat.engine.aclose()
         await self.sync.stop()
@@ -135,8 +142,11 @@ def build_engine(settings: Settings) -> Engine:
         temperature=settings.llm_temperature,
         max_tokens=settings.llm_max_tokens,
     )
+    metered = MeteredModel(
+        llm, model=settings.llm_model
+    )  # tokens and failures, before the fallback hides them
     # Personal data never reaches the model (the offline responder sends nothing out: not masked).
-    primary: Engine = MaskingEngine(llm) if settings.pii_masking else llm
+    primary: Engine = MaskingEngine(metered) if settings.pii_masking else metered
     return FallbackEngine(primary, kb)
 
 
@@ -184,6 +194,9 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     )
     audit = AuditService(db)
     knowledge = KnowledgeService(sync, settings)
+    gauges = GaugeSampler(multiprocess_dir=settings.prometheus_multiproc_dir)
+    gauges.register(INDEX_LAG, sync.lag)
+    pool_gauges(gauges, db.engine.pool)
     return Services(
         settings=settings,
         db=db,
@@ -197,4 +210,5 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         customer_data=CustomerDataService(sync, uploads, audit),
         retention=RetentionService(sync, uploads, settings),
         console=ConsoleService(db, knowledge),
+        gauges=gauges,
     )

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import api_router
+from .api.metrics import install_observability
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
@@ -22,6 +23,7 @@ from .api.setup import install_security
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .container import build_services
+from .observability.logs import JsonFormatter
 from .privacy.logfilter import install_log_filters
 from .schemas.system import Liveness, ServiceInfo
 
@@ -34,6 +36,8 @@ def configure_logging(settings: Settings) -> None:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
     for handler in handlers:
         handler.addFilter(RequestIdFilter())  # a request id on every line, whichever logger wrote it
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter())  # kept by basicConfig, which formats the others
     # No credential from a URL on any line, no personal data at INFO or above: on these handlers
     # and on uvicorn's own loggers (the access log), which do not reach them.
     install_log_filters(handlers)
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setup_cors(app, settings)
     # Oversized headers are refused before CORS, body parsing or routing look at the request.
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
+    install_observability(app, settings)  # request metrics (and spans) inside the request ids
     install_security(app, settings)  # outermost: headers and request ids on every answer
     setup_static_files(app)
     setup_pages(app)
