@@ -300,3 +300,61 @@ def test_a_real_server_logs_json_lines_with_request_ids_redacted_and_masked(
     assert "sekret-value" not in text and "[REDACTED]" in access[0]["message"]
     assert phone not in text and "[手机号1]" in access[0]["message"]
     assert any(r["logger"] == "c_app.main" and r["request_id"] == "-" for r in records)  # start-up line
+
+
+async def test_index_lag_counts_another_replicas_writes_until_applied(start_app: Any) -> None:
+    slow, slow_client = await start_app(index_refresh_interval=3600, load_sample_kb=False)
+    other, _ = await start_app(load_sample_kb=False)
+    assert value(samples((await slow_client.get("/metrics")).text), "c_app_index_lag_changes") == 0
+    for fact in ("我住在上海", "我喜欢红色"):
+        await other.state.services.memory.add_private("lag-user", fact)
+    assert value(samples((await slow_client.get("/metrics")).text), "c_app_index_lag_changes") == 2
+    await slow.state.services.sync.refresh(force=True)
+    assert value(samples((await slow_client.get("/metrics")).text), "c_app_index_lag_changes") == 0
+
+
+async def test_a_registered_gauge_function_is_sampled_at_each_scrape(start_app: Any) -> None:
+    """How the hand-off queue (another branch) reports its length: a function registered at start-up."""
+    from c_app.observability.metrics import HANDOFF_QUEUE, INDEX_LAG, GaugeSampler
+
+    app, client = await start_app(load_sample_kb=False)
+    waiting = [3]
+
+    async def queue_length() -> int:
+        return waiting[0]
+
+    gauges: GaugeSampler = app.state.services.gauges
+    gauges.register(HANDOFF_QUEUE, queue_length)
+    assert value(samples((await client.get("/metrics")).text), "c_app_handoff_queue_length") == 3
+    waiting[0] = 1
+    assert value(samples((await client.get("/metrics")).text), "c_app_handoff_queue_length") == 1
+
+    def broken() -> int:
+        raise RuntimeError("database gone")
+
+    gauges.register(INDEX_LAG, broken)  # a failing function: NaN, never its last value
+    scraped = (await client.get("/metrics")).text
+    assert "c_app_index_lag_changes NaN" in scraped
+
+
+def test_json_lines_keep_the_redacted_traceback() -> None:
+    import logging
+
+    from c_app.observability.logs import JsonFormatter
+    from c_app.privacy.logfilter import MaskPersonalData, RedactSecrets
+
+    try:
+        raise ValueError("GET /x?token=sekret-value for 13812345678")
+    except ValueError:
+        record = logging.LogRecord(
+            "c_app.t", logging.ERROR, __file__, 1, "failed %s", ("?sig=abc",), sys.exc_info()
+        )
+    for log_filter in (RedactSecrets(), MaskPersonalData()):
+        log_filter.filter(record)
+    line = JsonFormatter().format(record)
+    parsed = json.loads(line)
+    assert parsed["level"] == "ERROR" and parsed["logger"] == "c_app.t" and parsed["request_id"] == "-"
+    assert parsed["message"] == "failed ?sig=[REDACTED]"
+    assert "ValueError" in parsed["exc_info"] and "[REDACTED]" in parsed["exc_info"]
+    assert "sekret-value" not in line and "13812345678" not in line and "[手机号1]" in line
+    assert record.exc_info is not None  # the record itself is left for other handlers

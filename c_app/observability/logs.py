@@ -23,7 +23,6 @@ class JsonFormatter(_JsonFormatter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("fmt", FIELDS)
         kwargs.setdefault("rename_fields", RENAMED)
-        kwargs.setdefault("defaults", {"request_id": "-"})
         kwargs.setdefault("reserved_attrs", _DROPPED)
         kwargs.setdefault("json_ensure_ascii", False)
         super().__init__(*args, **kwargs)
@@ -32,6 +31,8 @@ class JsonFormatter(_JsonFormatter):
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):
+            record.request_id = "-"  # a handler without RequestIdFilter: outside any request
         if record.exc_info and record.exc_text:
             # The filters rewrote the formatted traceback (exc_text); the parent would format
             # exc_info afresh, undoing that. A copy keeps the record intact for other handlers.
