@@ -1,5 +1,6 @@
 """Start the API: `python run_server.py` (HOST, PORT, RELOAD=1 and LOG_LEVEL from the environment)."""
 
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -11,13 +12,22 @@ from c_app.privacy.logfilter import uvicorn_log_config
 REQUEST_LINE_ALLOWANCE = 8 * 1024
 
 
-def log_config() -> dict[str, Any]:
+def log_config(log_format: str = "text") -> dict[str, Any]:
     """uvicorn's own logging set-up, with credentials redacted and personal data masked."""
-    return uvicorn_log_config()
+    return uvicorn_log_config(log_format)
+
+
+def clear_multiprocess_dir(path: str | None) -> None:
+    """Several worker processes share PROMETHEUS_MULTIPROC_DIR; a new run starts it empty."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink()
 
 
 if __name__ == "__main__":
     settings = get_settings()
+    clear_multiprocess_dir(settings.prometheus_multiproc_dir)
     uvicorn.run(
         "c_app.main:app",
         host=settings.host,
@@ -25,7 +35,7 @@ if __name__ == "__main__":
         reload=settings.reload,
         reload_dirs=["c_app"] if settings.reload else None,
         log_level=settings.log_level.lower(),
-        log_config=log_config(),
+        log_config=log_config(settings.log_format),
         # h11 (when chosen) refuses a request head past this; httptools has no such limit, so the
         # app's HeaderLimit middleware answers 431 past MAX_HEADER_BYTES either way.
         h11_max_incomplete_event_size=settings.max_header_bytes + REQUEST_LINE_ALLOWANCE,

@@ -140,7 +140,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
-        log_config=uvicorn_log_config(),
+        log_config=uvicorn_log_config(settings.log_format),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + DRAIN_BACKSTOP_SECONDS),
         # Behind the load balancer: client addresses (rate limits, audit) from X-Forwarded-For,
         # trusted from FORWARDED_ALLOW_IPS (uvicorn's setting; 127.0.0.1 unless set).

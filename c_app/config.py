@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     reload: bool = False
     log_level: str = "INFO"
     log_file: str | None = None
+    # Observability (README, "Observability"). json: one JSON object a line (ours and uvicorn's).
+    log_format: Literal["text", "json"] = "text"
+    # /metrics: with METRICS_TOKEN set, `Authorization: Bearer <METRICS_TOKEN>` (or ADMIN_TOKEN) only;
+    # unset, as the service-wide figures: open with AUTH_MODE=none, ADMIN_TOKEN with auth on.
+    metrics_token: SecretStr | None = None
+    # Several worker processes: a folder shared by all of them (must be in the environment: prometheus_client reads it).
+    prometheus_multiproc_dir: str | None = None
+    # OpenTelemetry traces over OTLP/HTTP (`<endpoint>/v1/traces`); unset: no tracing at all.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "c_app"
 
     # Storage. DATABASE_URL, when set, overrides the SQLite file at MEMORY_DB_PATH.
     memory_db_path: str = "./data/customer_service.db"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from sqlalchemy.exc import IntegrityError
 
 from .config import Settings
+from .db import agents as agents_repo
 from .db import memories as memories_repo
 from .db import meta
 from .db.engine import Database
@@ -28,6 +29,8 @@ from .engines.base import Engine
 from .engines.fallback import FallbackEngine
 from .engines.kb_responder import KnowledgeBaseResponder
 from .engines.llm_responder import LLMResponder
+from .observability.metrics import HANDOFF_QUEUE, INDEX_LAG, GaugeSampler, pool_gauges
+from .observability.model import MeteredModel
 from .privacy.masking import MaskingEngine
 from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
@@ -76,6 +79,8 @@ class Services:
     live: LiveEvents
     agents: AgentService
     stops: StopSignals
+    # Gauges sampled for /metrics: register a function at start-up (`gauges.register(HANDOFF_QUEUE, fn)`).
+    gauges: GaugeSampler = field(default_factory=GaugeSampler)
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -88,8 +93,11 @@ class Services:
             await self._load_sample()
         if index and self.settings.retention_days is not None:
             self.retention.start()  # the periodic purge (one replica at a time runs it)
+        if index:
+            self.gauges.start()  # several worker processes: sampled in the background too
 
     async def aclose(self) -> None:
+        await self.gauges.stop()
         await self.retention.stop()
         await self.stops.stop()
         await self.bus.aclose()
@@ -151,8 +159,11 @@ def build_engine(settings: Settings) -> Engine:
         temperature=settings.llm_temperature,
         max_tokens=settings.llm_max_tokens,
     )
+    metered = MeteredModel(
+        llm, model=settings.llm_model
+    )  # tokens and failures, before the fallback hides them
     # Personal data never reaches the model (the offline responder sends nothing out: not masked).
-    primary: Engine = MaskingEngine(llm) if settings.pii_masking else llm
+    primary: Engine = MaskingEngine(metered) if settings.pii_masking else metered
     return FallbackEngine(primary, kb)
 
 
@@ -207,6 +218,15 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     stops = StopSignals(db, bus, chat.interrupt)
     chat.agents = agents
     chat.stops = stops
+    gauges = GaugeSampler(multiprocess_dir=settings.prometheus_multiproc_dir)
+    gauges.register(INDEX_LAG, sync.lag)
+
+    async def handoff_queue_length() -> int:
+        async with db.read() as session:
+            return await agents_repo.queue_length(session)
+
+    gauges.register(HANDOFF_QUEUE, handoff_queue_length)
+    pool_gauges(gauges, db.engine.pool)
     return Services(
         settings=settings,
         db=db,
@@ -226,4 +246,5 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         live=live,
         agents=agents,
         stops=stops,
+        gauges=gauges,
     )

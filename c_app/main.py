@@ -13,6 +13,7 @@ from . import __version__
 from .api import api_router
 from .api.lifecycle import Drain, ReplicaHeader, replica_name
 from .api.lifecycle import router as lifecycle_router
+from .api.metrics import install_observability
 from .api.middleware.body_limit import BodyLimit
 from .api.middleware.cors import setup_cors
 from .api.middleware.error_handler import setup_error_handlers
@@ -24,6 +25,7 @@ from .api.setup import install_security
 from .api.static import setup_static_files
 from .config import Settings, get_settings
 from .container import build_services
+from .observability.logs import JsonFormatter
 from .privacy.logfilter import install_log_filters
 from .schemas.system import Liveness, ServiceInfo
 
@@ -36,6 +38,8 @@ def configure_logging(settings: Settings) -> None:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
     for handler in handlers:
         handler.addFilter(RequestIdFilter())  # a request id on every line, whichever logger wrote it
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter())  # kept by basicConfig, which formats the others
     # No credential from a URL on any line, no personal data at INFO or above: on these handlers
     # and on uvicorn's own loggers (the access log), which do not reach them.
     install_log_filters(handlers)
@@ -87,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setup_cors(app, settings)
     # Oversized headers are refused before CORS, body parsing or routing look at the request.
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
+    install_observability(app, settings)  # request metrics (and spans) inside the request ids
     install_security(app, settings)  # outermost: headers and request ids on every answer
     app.add_middleware(ReplicaHeader, name=replica_name(settings))
     setup_static_files(app)

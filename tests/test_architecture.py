@@ -23,11 +23,33 @@ ALLOWED: dict[str, set[str]] = {
     "engines": set(),  # the contract (base.py) and the LLM's prompt helper only, below
     "schemas": {"engines"},
     "privacy": {"engines", "config"},  # personal-data masking: an engine wrapper and a log filter
-    "services": {"config", "errors", "db", "retrieval", "engines", "schemas", "security", "privacy"},
-    "container": {"config", "db", "engines", "retrieval", "services", "privacy"},
-    "api": {"config", "errors", "container", "services", "schemas", "security", "engines", "privacy", "web"},
+    "observability": {"config", "engines"},  # metrics, traces, JSON logs; the model wrapper sees the contract
+    "services": {
+        "config",
+        "errors",
+        "db",
+        "retrieval",
+        "engines",
+        "schemas",
+        "security",
+        "privacy",
+        "observability",
+    },
+    "container": {"config", "db", "engines", "retrieval", "services", "privacy", "observability"},
+    "api": {
+        "config",
+        "errors",
+        "container",
+        "services",
+        "schemas",
+        "security",
+        "engines",
+        "privacy",
+        "web",
+        "observability",
+    },
     "cli": {"config", "container", "errors", "services", "privacy"},  # privacy: `serve`'s log filters
-    "main": {"api", "config", "container", "schemas", "privacy"},
+    "main": {"api", "config", "container", "schemas", "privacy", "observability"},
 }
 
 

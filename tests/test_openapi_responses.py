@@ -23,6 +23,7 @@ NOT_JSON = {
     ("GET", "/chat"),
     ("GET", "/api/v1/admin/knowledge/export"),  # a jsonl or csv file
     ("GET", "/api/v1/admin/customers/{user_id}/export"),  # a zip archive
+    ("GET", "/metrics"),  # Prometheus' text format
 }
 API_DIR = Path(__file__).resolve().parent.parent / "c_app" / "api"
 

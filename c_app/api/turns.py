@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.requests import HTTPConnection
 
 from ..schemas.customer import ChatMessage
@@ -17,4 +19,14 @@ async def open_turn(
     checks (400/403), and the customer's message stored. `services.chat.answer(turn)` then streams."""
     user_id = actor.act_for(user_id)
     await check_limit(conn, "stream", user_id)
-    return await conn.app.state.services.chat.prepare(user_id=user_id, session_id=session_id, message=message)
+    turn: Turn = await conn.app.state.services.chat.prepare(
+        user_id=user_id, session_id=session_id, message=message
+    )
+    return dataclasses.replace(turn, door=door_of(conn))
+
+
+def door_of(conn: HTTPConnection) -> str:
+    """Which door a turn came in by: the WebSocket, the OpenAI-compatible API, or POST /stream."""
+    if conn.scope["type"] == "websocket":
+        return "websocket"
+    return "openai" if conn.url.path.startswith("/v1/") else "stream"

@@ -148,10 +148,10 @@ def install_log_filters(handlers: Iterable[logging.Handler] = ()) -> None:
                 target.addFilter(log_filter)
 
 
-def uvicorn_log_config() -> dict[str, Any]:
+def uvicorn_log_config(log_format: str = "text") -> dict[str, Any]:
     """uvicorn's own logging set-up, with credentials redacted and personal data masked in every
     line it writes (the access log names each path with its query: `?token=`, `?sig=`), for
-    run_server.py and `c-app serve`."""
+    run_server.py and `c-app serve`; LOG_FORMAT=json: one JSON object a line, with the request id."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -163,4 +163,10 @@ def uvicorn_log_config() -> dict[str, Any]:
         *(config["loggers"].setdefault(n, {}) for n in UVICORN_LOGGERS),
     ]:
         target.setdefault("filters", []).extend(["redact_secrets", "mask_personal_data"])
+    if log_format == "json":  # the classes are named, not imported: logging builds them
+        json_formatter = {"()": "c_app.observability.logs.JsonFormatter"}
+        config["formatters"] = {"default": json_formatter, "access": dict(json_formatter)}
+        config["filters"]["request_id"] = {"()": "c_app.api.middleware.request_id.RequestIdFilter"}
+        for handler in config["handlers"].values():
+            handler["filters"].append("request_id")
     return config

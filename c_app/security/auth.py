@@ -116,6 +116,9 @@ class Authenticator:
         self.mode: AuthMode = settings.auth_mode
         self.api_keys = [key.get_secret_value().encode() for key in settings.api_keys]
         self.admin_token = (settings.admin_token or "").encode()
+        self.metrics_token = (
+            settings.metrics_token.get_secret_value().encode() if settings.metrics_token else b""
+        )
         self.origins = {_origin(origin) for origin in settings.cors_origins}
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
@@ -192,6 +195,24 @@ class Authenticator:
             return
         self.authenticate(credential_from(headers))  # 401 when missing or wrong
         raise Forbidden(NOT_OPERATOR)
+
+    def require_metrics(self, headers: Headers) -> None:
+        """/metrics: with METRICS_TOKEN set, only `Authorization: Bearer <METRICS_TOKEN>` (or the
+        operator's ADMIN_TOKEN), whatever AUTH_MODE, so a scraper holds no other right; unset, as
+        the service-wide figures (`require_operator`)."""
+        if not self.metrics_token:
+            self.require_operator(headers)
+            return
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        given = value.strip().encode()
+        if scheme.lower() == "bearer" and given:
+            matched = hmac.compare_digest(given, self.metrics_token)
+            if self.admin_token:
+                matched |= hmac.compare_digest(given, self.admin_token)
+            if matched:
+                return
+            raise Unauthorized(INVALID, headers=CHALLENGE)
+        raise Unauthorized(MISSING, headers=CHALLENGE)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """A WebSocket handshake's Origin: absent (not a browser), the app's own (same host and port as

@@ -35,6 +35,7 @@ from ..engines.base import (
     close_questions,
 )
 from ..errors import BadRequest, NotFound, ServiceUnavailable
+from ..observability import metrics, tracing
 from ..schemas.customer import ChatMessage, MemoryItem
 from ..schemas.events import (
     ChatEvent,
@@ -136,6 +137,7 @@ class Turn:
     # The session's status when the message arrived (issue 10: waiting_human, with_agent, ticket:
     # the bot does not answer).
     status: str = "active"
+    door: str = "stream"  # which door it came in by (stream, websocket, openai): a metrics label
 
 
 @dataclass(slots=True)
@@ -244,6 +246,7 @@ class ChatService:
 
     # -- the stream -----------------------------------------------------------------------------
 
+    @tracing.traced_stream("chat.turn")
     async def answer(self, turn: Turn) -> AsyncIterator[ChatEvent]:
         """Produce the answer as events, store it when the turn ends, and end with `done`."""
         if turn.reply is not None:
@@ -257,6 +260,7 @@ class ChatService:
                     yield held_event
                 return
         started = time.monotonic()
+        clock = metrics.TurnClock(turn.door)
         result = _Answer(engine=self.engine.name)
         finished_as = "complete"
         # The answer is checked as it streams: held back at most by the longest listed word (less one).
@@ -279,7 +283,9 @@ class ChatService:
             promise: str | None = None  # what the bot says after a hand-off (issue 10)
             swallow = ""  # the engine's "transferring you" text, dropped when nobody is there
             try:
-                async for event in until_stopped(self.engine.stream(context), stop):
+                async for event in until_stopped(
+                    tracing.stream("chat.model", self.engine.stream(context)), stop
+                ):
                     if isinstance(event, Meta):
                         result.engine = event.engine or result.engine
                         finished_as = event.status or finished_as
@@ -293,6 +299,7 @@ class ChatService:
                         text = censor.feed(event.text) if censor is not None else event.text
                         if text:
                             result.text.append(text)
+                            clock.text()
                             yield DeltaEvent(text=text)
                     elif isinstance(event, Sources):
                         result.sources = [
@@ -349,9 +356,11 @@ class ChatService:
             # Runs on success, on failure, and when the client goes away (cancellation): shield the
             # write so a cancelled request still records what was said.
             with anyio.CancelScope(shield=True):
-                message_id = await self._store(
-                    turn, result, latency_ms=int((time.monotonic() - started) * 1000)
-                )
+                with tracing.span("chat.storage"):
+                    message_id = await self._store(
+                        turn, result, latency_ms=int((time.monotonic() - started) * 1000)
+                    )
+                clock.finished(result.final_outcome, result.status)
                 if censor is not None and censor.hits:
                     await self._moderated(
                         turn.session_id, turn.user_id, message_id, "answer", censor.hits, censor.matched_words
@@ -362,13 +371,17 @@ class ChatService:
         """A blocked message's answer: the fixed reply, stored as the assistant's message; no
         retrieval, no engine."""
         result = _Answer(engine="moderation", text=[reply], status=BLOCKED, outcome=BLOCKED)
+        clock = metrics.TurnClock(turn.door)
         with anyio.CancelScope(shield=True):  # stored first: the record holds even if the client leaves
-            message_id = await self._store(turn, result, latency_ms=0)
+            with tracing.span("chat.storage"):
+                message_id = await self._store(turn, result, latency_ms=0)
+            clock.finished(result.final_outcome, result.status)
         yield DeltaEvent(text=reply)
         yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
 
     async def _search(self, user_id: str, query: str) -> list[Hit]:
-        return await self.memory.search(user_id, query, limit=RETRIEVE_LIMIT)
+        with metrics.retrieval():
+            return await self.memory.search(user_id, query, limit=RETRIEVE_LIMIT)
 
     async def _remember(self, turn: Turn, fact: str) -> int | None:
         """The model saves a fact about the customer, unless the customer was erased meanwhile

@@ -223,6 +223,13 @@ class IndexSync:
             await self._poll_changes()
             self._last_poll = time.monotonic()
 
+    async def lag(self) -> int:
+        """Entries of the change log this process has not applied yet (c_app_index_lag_changes)."""
+        async with self.db.read() as session:
+            head = await repo.last_change(session)
+        own = sum(1 for seq in self._own_seqs if seq > self._last_seq)  # applied already, read back later
+        return max(0, head - self._last_seq - own)
+
     async def public_hits(self, query: str, limit: int) -> list[tuple[int, float]]:
         """The knowledge base's ranking: lexical, fused with dense vectors when they are configured
         (call `refresh` first to see other replicas' writes)."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, JSON log lines and OpenTelemetry traces (README, "Observability")."""
