@@ -75,7 +75,13 @@ class Settings(BaseSettings):
     # policy, and a statement matches a question about it less closely, so its bar is lower.
     memory_answer_threshold: float = Field(default=0.5, ge=0, le=1)
     index_refresh_interval: float = Field(default=0.25, ge=0)
-    user_index_cache_size: int = Field(default=512, ge=1)
+    # (USER_INDEX_CACHE_SIZE is gone: a user's memories are ranked per request from their rows.)
+    # Knowledge-base index snapshot (in the database): written when the change log has moved this
+    # many changes past the stored one (0: no snapshots), at most every interval seconds per
+    # replica, and only for a knowledge base of at least min_entries (a smaller one builds in < 1 s).
+    index_snapshot_changes: int = Field(default=1000, ge=0)
+    index_snapshot_interval: float = Field(default=60.0, ge=0)
+    index_snapshot_min_entries: int = Field(default=2000, ge=0)
 
     # Chat.
     llm_model: str = "deepseek-chat"

@@ -22,7 +22,7 @@ from .conftest import BACKEND
 
 @pytest.fixture
 async def replicas(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Services, Services]]:
-    settings = make_settings(load_sample_kb=False, user_index_cache_size=2)
+    settings = make_settings(load_sample_kb=False)
     first, second = build_services(settings), build_services(settings)
     await first.start()
     await second.start()
@@ -70,14 +70,19 @@ async def test_a_users_memories_written_elsewhere_reach_an_index_already_loaded(
     assert all(hit.id != fact.id for hit in await b.memory.search("u1", "会员卡号", limit=3))
 
 
-async def test_the_per_user_index_cache_is_bounded(replicas) -> None:
+async def test_nothing_is_kept_per_user_between_searches(replicas) -> None:
     a, _ = replicas
+
+    def sizes() -> dict[str, int]:
+        return {k: len(v) for k, v in vars(a.sync).items() if isinstance(v, (dict, list, set))}
+
+    await a.memory.add_private("u0", "u0 的收货城市是杭州")
+    assert await a.memory.search("u0", "收货城市", limit=3)
+    before = sizes()
     for user in ("u1", "u2", "u3"):
         await a.memory.add_private(user, f"{user} 的收货城市是杭州")
-        assert await a.memory.search(user, "收货城市", limit=3)
-    assert len(a.sync._user_indexes) <= 2 * 2  # private and chat indexes of at most two users
-    # An evicted user's index is rebuilt from the database on the next search.
-    assert (await a.memory.search("u1", "收货城市", limit=3))[0].content == "u1 的收货城市是杭州"
+        assert (await a.memory.search(user, "收货城市", limit=3))[0].content == f"{user} 的收货城市是杭州"
+    assert sizes() == before  # no per-user index, cache or bookkeeping grew
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite serialises writers: no transaction commits late")

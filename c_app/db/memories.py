@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Memory, MemoryChange, utcnow
@@ -54,9 +54,11 @@ async def add(
     similar_questions: list[str] | None = None,
     external_id: str | None = None,
     meta: dict[str, Any] | None = None,
+    tokens: str | None = None,
 ) -> Memory:
     now = utcnow()
     row = Memory(
+        tokens=tokens,
         scope=scope,
         owner_id=owner_id,
         external_id=external_id,
@@ -113,6 +115,41 @@ async def list_for_owner(
     if limit is not None:
         query = query.limit(limit)
     return list((await db.execute(query)).scalars())
+
+
+async def ranking_rows(db: AsyncSession, *, scopes: Sequence[str], owner_id: str) -> list[Any]:
+    """One owner's memories of some scopes as what ranking reads: id, scope, stored terms, and the
+    text they were analysed from (to tell stale terms), in id order."""
+    query = (
+        select(
+            Memory.id,
+            Memory.scope,
+            Memory.tokens,
+            Memory.question,
+            Memory.similar_questions,
+            Memory.content,
+            Memory.title,
+        )
+        .where(Memory.scope.in_(list(scopes)), Memory.owner_id == owner_id)
+        .order_by(Memory.id)
+    )
+    return list((await db.execute(query)).all())
+
+
+async def store_tokens(db: AsyncSession, tokens: dict[int, str]) -> None:
+    """Save rows' analysed terms (not a change of the memory: nothing is logged)."""
+    for memory_id, value in tokens.items():
+        await db.execute(
+            update(Memory)
+            .where(Memory.id == memory_id)
+            .values(tokens=value)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def first_change(db: AsyncSession) -> int | None:
+    """The oldest sequence number still in the change log (None: the log is empty)."""
+    return (await db.execute(select(func.min(MemoryChange.seq)))).scalar_one()
 
 
 async def trim(db: AsyncSession, *, scope: str, owner_id: str, keep: int) -> list[Memory]:

@@ -133,6 +133,9 @@ class Memory(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The analysed terms it is ranked on (JSON, see services/index_sync.py `stored_terms`); NULL
+    # until first analysed. Private and chat memories: read per request instead of re-analysing.
+    tokens: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
 
     __table_args__ = (
         Index("ix_memories_scope_owner_id", "scope", "owner_id", "id"),
@@ -150,6 +153,23 @@ class MemoryChange(Base):
     memory_id: Mapped[int] = mapped_column(BigInteger)
     scope: Mapped[str] = mapped_column(String(16))
     owner_id: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IndexSnapshot(Base):
+    """A search index saved for every replica to start from (services/index_sync.py): the arrays
+    (an .npz archive, retrieval/snapshot.py), the change-log sequence number they cover, and the
+    lease of the replica writing the next one."""
+
+    __tablename__ = "index_snapshots"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # "public"
+    version: Mapped[int] = mapped_column(Integer, default=0)  # snapshot.FORMAT_VERSION
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    checksum: Mapped[str] = mapped_column(String(64), default="")  # SHA-256 of data, hex
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    lease: Mapped[str] = mapped_column(String(100), default="")  # "<expiry> <holder>", "" when free
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

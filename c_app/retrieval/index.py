@@ -74,6 +74,152 @@ class Params:
     body_weight: float = 0.7
 
 
+def analyse(questions: list[str], body: str, params: Params | None = None) -> list[Unit]:
+    """The units a doc is indexed as: each question's term counts (weight 1) and the body's
+    (``body_weight``; 1 when there is no question). What ``upsert`` analyses, and what a caller
+    may store to ``rank`` the doc later without analysing it again."""
+    units: list[Unit] = []
+    for q in questions:
+        counts = _counts(q)
+        if counts:
+            units.append((dict(counts), 1.0))
+    if body and body.strip():
+        counts = _counts(body)
+        if counts:
+            # With no question at all (a free-form memory) the body is the only match target.
+            units.append((dict(counts), (params or Params()).body_weight if units else 1.0))
+    return units
+
+
+def unit_length(counts: dict[str, int], params: Params | None = None) -> float:
+    """A unit's kind-weighted length (BM25's document length), as ``LexicalIndex`` counts it."""
+    kind_weight = (params or Params()).kind_weight
+    return float(sum(kind_weight[term[0]] * tf for term, tf in counts.items()))
+
+
+def rank(
+    docs: list[tuple[int, list[Unit]]], query: str, limit: int = 5, params: Params | None = None
+) -> list[tuple[int, float]]:
+    """``LexicalIndex.search`` over ``docs`` (already analysed units, see ``analyse``) without
+    building an index: the same statistics and scores as an index holding exactly these docs,
+    from the postings of the query's terms only. For small sets ranked once (one user's memories,
+    read per request)."""
+    p = params or Params()
+    if limit <= 0 or not docs:
+        return []
+    counts = _query_counts(query[:MAX_TEXT_CHARS])
+    if not counts:
+        return []
+    slot_doc: list[int] = []
+    unit_w: list[float] = []
+    dls: list[float] = []
+    postings: dict[str, tuple[list[int], list[int]]] = {term: ([], []) for term, _ in counts}
+    for doc_id, units in docs:
+        for unit_counts, weight in units:
+            slot = len(slot_doc)
+            slot_doc.append(doc_id)
+            unit_w.append(weight)
+            dls.append(unit_length(unit_counts, p))
+            for term, (slots, tfs) in postings.items():
+                tf = unit_counts.get(term)
+                if tf:
+                    slots.append(slot)
+                    tfs.append(tf)
+    n = len(slot_doc)
+    if not n:
+        return []
+    known = [(term, c) for term, c in counts if postings[term][0]]
+    unknown = [(term, c) for term, c in counts if not postings[term][0]]
+    prior = p.prior_docs
+    return _rank(
+        p,
+        kw=np.array([p.kind_weight[t[0]] for t, _ in known], dtype=np.float64),
+        df=np.array([len(postings[t][0]) for t, _ in known], dtype=np.float64),
+        bg=np.array([background.doc_prob(t) for t, _ in known], dtype=np.float64),
+        qtf=np.array([c for _, c in known], dtype=np.float64),
+        unknown=[(p.kind_weight[t[0]], background.doc_prob(t), c) for t, c in unknown],
+        n_docs=prior + n,
+        avgdl=max(sum(dls) / n, 1e-9),
+        dl=np.array(dls, dtype=np.float32),
+        postings=[
+            (np.array(postings[t][0], dtype=np.int32), np.array(postings[t][1], dtype=np.float32))
+            for t, _ in known
+        ],
+        unit_w=np.array(unit_w, dtype=np.float32),
+        slot_doc=np.array(slot_doc, dtype=np.int64),
+        limit=limit,
+    )
+
+
+def _idf(
+    prior: float, n_docs: float, df_local: np.ndarray | float, bg: np.ndarray | float
+) -> np.ndarray | float:
+    # BM25 IDF over the index's units plus ``prior`` background pseudo documents (n_docs counts both).
+    df = prior * bg + np.maximum(df_local, 0.0)
+    return np.log1p((n_docs - df + 0.5) / (df + 0.5))
+
+
+def _rank(
+    p: Params,
+    *,
+    kw: np.ndarray,
+    df: np.ndarray,
+    bg: np.ndarray,
+    qtf: np.ndarray,
+    unknown: list[tuple[float, float, int]],
+    n_docs: float,
+    avgdl: float,
+    dl: np.ndarray,
+    postings: list[tuple[np.ndarray, np.ndarray]],
+    unit_w: np.ndarray,
+    slot_doc: np.ndarray,
+    limit: int,
+) -> list[tuple[int, float]]:
+    """The scoring both ``LexicalIndex._search`` and ``rank`` end in: the query's known terms
+    (kind weight, document frequency, background probability, count; their postings), the
+    unknown ones ``(kind weight, background probability, count)``, and the units' lengths,
+    weights and docs."""
+    unk_w = 0.0  # kind weight x idf x count of terms the units never hold
+    unk_len = 0.0
+    for kwt, bgt, c in unknown:
+        unk_w += kwt * float(_idf(p.prior_docs, n_docs, 0.0, bgt)) * c
+        unk_len += kwt * c
+    idf = _idf(p.prior_docs, n_docs, df, bg)
+    qlen = float((kw * qtf).sum()) + unk_len
+    # Self-score: BM25 of the query against a unit identical to it (dl = qlen). Unknown terms
+    # count here too, so a query made mostly of words the index lacks cannot score high.
+    k_self = p.k1 * (1.0 - p.b + p.b * qlen / avgdl)
+    qw = kw * idf * (p.k1 + 1.0)
+    self_score = float((qw * qtf / (qtf + k_self)).sum()) + unk_w * (p.k1 + 1.0) / (1.0 + k_self)
+    if not len(kw) or self_score <= 0:
+        return []
+
+    n = len(dl)
+    acc = np.zeros(n, dtype=np.float64)
+    k_len = p.k1 * (1.0 - p.b + p.b * dl / avgdl)
+    for w, (slots, tf) in zip(qw.tolist(), postings):
+        # Query term repeats are not rewarded beyond once: questions are short, repeats are noise.
+        acc[slots] += w * tf / (tf + k_len[slots])
+
+    k = min(limit * 8 + 8, n)  # a doc can have several units; keep enough to fill ``limit`` docs
+    cand = np.argpartition(-acc, k - 1)[:k] if k < n else np.arange(n)
+    cand = cand[acc[cand] > 0]
+    score = np.minimum(acc[cand] / self_score, 1.0) * unit_w[cand]
+    order = np.argsort(-score, kind="stable")
+    out: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    docs = slot_doc[cand]
+    for j in order.tolist():
+        d = int(docs[j])
+        if d in seen:
+            continue
+        seen.add(d)
+        out.append((d, float(min(max(score[j], 0.0), 1.0))))
+        if len(out) >= limit:
+            break
+    return out
+
+
 _GROW = 1.5
 
 
@@ -186,17 +332,7 @@ class LexicalIndex:
 
     def _units(self, questions: list[str], body: str) -> list[Unit]:
         """The analysed units of a doc (no state read or written: runs outside the lock)."""
-        units: list[Unit] = []
-        for q in questions:
-            counts = _counts(q)
-            if counts:
-                units.append((counts, 1.0))
-        if body and body.strip():
-            counts = _counts(body)
-            if counts:
-                # With no question at all (a free-form memory) the body is the only match target.
-                units.append((counts, self.params.body_weight if units else 1.0))
-        return units
+        return analyse(questions, body, self.params)
 
     def defer(self, doc_id: int, fields: Fields | None) -> None:
         """Queue an upsert of ``fields`` (questions, body), or a removal (None); no work now."""
@@ -300,13 +436,84 @@ class LexicalIndex:
                 self._p_tfs[tid] = self._p_tfs[tid][keep]  # type: ignore[index]
         self._stale_terms = set()
 
+    # ------------------------------------------------------------------ snapshots
+    def export(self) -> dict[str, np.ndarray]:
+        """The live units as plain arrays, in doc id order (a fresh build's order): the terms they
+        use (``terms`` utf-8 bytes cut by ``term_len``), each unit's term count ``cnt`` and its terms
+        in ``flat_t`` / ``flat_tf``, its weight ``unit_w`` and doc ``slot_doc``. Everything else
+        (frequencies, lengths, postings) follows from these; see ``from_arrays``."""
+        with self._lock:
+            self._apply_deferred()
+            slots = np.array([s for d in sorted(self._doc_slots) for s in self._doc_slots[d]], dtype=np.int64)
+            off, cnt = self._off[slots], self._cnt[slots].astype(np.int64)
+            total = int(cnt.sum())
+            idx = np.arange(total, dtype=np.int64) + np.repeat(off - (np.cumsum(cnt) - cnt), cnt)
+            old_t = self._flat_t[idx]
+            used = np.unique(old_t)
+            terms = [self._terms[t].encode("utf-8") for t in used.tolist()]
+            return {
+                "terms": np.frombuffer(b"".join(terms), dtype="u1"),
+                "term_len": np.array([len(t) for t in terms], dtype="<i4"),
+                "flat_t": np.searchsorted(used, old_t).astype("<i4"),
+                "flat_tf": self._flat_tf[idx].astype("<f4"),
+                "cnt": cnt.astype("<i4"),
+                "unit_w": self._unit_w[slots].astype("<f4"),
+                "slot_doc": self._slot_doc[slots].astype("<i8"),
+            }
+
+    @classmethod
+    def from_arrays(
+        cls,
+        terms: list[str],
+        flat_t: np.ndarray,
+        flat_tf: np.ndarray,
+        cnt: np.ndarray,
+        unit_w: np.ndarray,
+        slot_doc: np.ndarray,
+        params: Params | None = None,
+    ) -> LexicalIndex:
+        """The index ``export`` described (arrays already validated: see ``snapshot.load``)."""
+        index = cls(params)
+        index._new_terms(terms)
+        n_units, n_flat = len(cnt), len(flat_t)
+        off = np.zeros(n_units, dtype=np.int64)
+        if n_units:
+            off[1:] = np.cumsum(cnt.astype(np.int64))[:-1]
+        index._flat_t = flat_t.astype(np.int32)
+        index._flat_tf = flat_tf.astype(np.float32)
+        index._n_flat = n_flat
+        index._off = off
+        index._cnt = cnt.astype(np.int32)
+        index._alive = np.ones(n_units, dtype=bool)
+        index._unit_w = unit_w.astype(np.float32)
+        index._slot_doc = slot_doc.astype(np.int64)
+        index._n_slots = n_units
+        index._n_live_units = n_units
+        dl = np.add.reduceat(index._kw[index._flat_t] * index._flat_tf, off) if n_units else np.zeros(0)
+        index._dl = dl.astype(np.float32)
+        index._total_dl = float(dl.sum())
+        index._df[: len(terms)] = np.bincount(index._flat_t, minlength=len(terms))
+        # Postings: every term's units in slot order, as ``_flush`` packs them.
+        unit_of = np.repeat(np.arange(n_units, dtype=np.int32), index._cnt)
+        order = np.argsort(index._flat_t, kind="stable")
+        pt, ps, pf = index._flat_t[order], unit_of[order], index._flat_tf[order]
+        if n_flat:
+            bounds = np.flatnonzero(np.diff(pt)) + 1
+            starts = np.concatenate([[0], bounds]).tolist()
+            ends = np.concatenate([bounds, [n_flat]]).tolist()
+            for tid, a, b in zip(pt[starts].tolist(), starts, ends):
+                index._p_slots[tid] = ps[a:b]
+                index._p_tfs[tid] = pf[a:b]
+        doc_slots: dict[int, list[int]] = {}
+        for slot, doc in enumerate(index._slot_doc.tolist()):
+            doc_slots.setdefault(doc, []).append(slot)
+        index._doc_slots = doc_slots
+        return index
+
     # ------------------------------------------------------------------ scoring
     def _idf(self, df_local: np.ndarray | float, bg: np.ndarray | float) -> np.ndarray | float:
-        # BM25 IDF over the index's units plus ``prior_docs`` background pseudo documents.
         prior = self.params.prior_docs
-        n = prior + self._n_live_units
-        df = prior * bg + np.maximum(df_local, 0.0)
-        return np.log1p((n - df + 0.5) / (df + 0.5))
+        return _idf(prior, prior + self._n_live_units, df_local, bg)
 
     def query_terms(self, query: str) -> list[tuple[str, int, float, bool]]:
         """``(term, count, weighted idf, known to this index)`` of a query, for hit-testing views."""
@@ -336,55 +543,30 @@ class LexicalIndex:
         if self._pend_t or self._stale_terms:
             self._flush()
         p = self.params
-        known, known_c = [], []
-        unk_w = 0.0  # kind weight x idf x count of terms this index has never seen
-        unk_len = 0.0
+        known: list[int] = []
+        known_c: list[int] = []
+        unknown: list[tuple[float, float, int]] = []
         for term, c in counts:
             tid = self._term_ids.get(term)
             if tid is not None and self._p_slots[tid] is not None:
                 known.append(tid)
                 known_c.append(c)
             else:
-                kwt = p.kind_weight[term[0]]
-                unk_w += kwt * float(self._idf(0.0, background.doc_prob(term))) * c
-                unk_len += kwt * c
+                unknown.append((p.kind_weight[term[0]], background.doc_prob(term), c))
         tids = np.array(known, dtype=np.int64)
-        qtf = np.array(known_c, dtype=np.float64)
-        kw = self._kw[tids]
-        idf = self._idf(self._df[tids], self._bg[tids])
-        avgdl = max(self._total_dl / max(self._n_live_units, 1), 1e-9)
-        qlen = float((kw * qtf).sum()) + unk_len
-        # Self-score: BM25 of the query against a unit identical to it (dl = qlen). Unknown terms
-        # count here too, so a query made mostly of words the index lacks cannot score high.
-        k_self = p.k1 * (1.0 - p.b + p.b * qlen / avgdl)
-        qw = kw * idf * (p.k1 + 1.0)
-        self_score = float((qw * qtf / (qtf + k_self)).sum()) + unk_w * (p.k1 + 1.0) / (1.0 + k_self)
-        if not len(tids) or self_score <= 0:
-            return []
-
         n = self._n_slots
-        acc = np.zeros(n, dtype=np.float64)
-        k_len = p.k1 * (1.0 - p.b + p.b * self._dl[:n] / avgdl)
-        for w, tid in zip(qw.tolist(), tids.tolist()):
-            slots = self._p_slots[tid]
-            tf = self._p_tfs[tid]
-            # Query term repeats are not rewarded beyond once: questions are short, repeats are noise.
-            acc[slots] += w * tf / (tf + k_len[slots])
-
-        k = min(limit * 8 + 8, n)  # a doc can have several units; keep enough to fill ``limit`` docs
-        cand = np.argpartition(-acc, k - 1)[:k] if k < n else np.arange(n)
-        cand = cand[acc[cand] > 0]
-        score = np.minimum(acc[cand] / self_score, 1.0) * self._unit_w[cand]
-        order = np.argsort(-score, kind="stable")
-        out: list[tuple[int, float]] = []
-        seen: set[int] = set()
-        docs = self._slot_doc[cand]
-        for j in order.tolist():
-            d = int(docs[j])
-            if d in seen:
-                continue
-            seen.add(d)
-            out.append((d, float(min(max(score[j], 0.0), 1.0))))
-            if len(out) >= limit:
-                break
-        return out
+        return _rank(
+            p,
+            kw=self._kw[tids],
+            df=self._df[tids],
+            bg=self._bg[tids],
+            qtf=np.array(known_c, dtype=np.float64),
+            unknown=unknown,
+            n_docs=p.prior_docs + self._n_live_units,
+            avgdl=max(self._total_dl / max(self._n_live_units, 1), 1e-9),
+            dl=self._dl[:n],
+            postings=[(self._p_slots[t], self._p_tfs[t]) for t in known],  # type: ignore[misc]
+            unit_w=self._unit_w,
+            slot_doc=self._slot_doc,
+            limit=limit,
+        )

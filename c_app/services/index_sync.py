@@ -1,8 +1,10 @@
-"""The in-process search indexes over the memories table, kept in step with every replica's writes.
+"""The search indexes over the memories table, kept in step with every replica's writes.
 
-public  - the knowledge base: one index per process, built at start;
-private - one index per user, built on first use and kept in an LRU cache;
-chat    - likewise.
+public  - the knowledge base: one in-memory index per process, started from the snapshot in the
+          database plus the change log after it (or built from the rows), kept current by the log;
+private - one user's memories, ranked per request from that user's rows and the analysed terms
+chat    - stored with each row (`stored_terms`): nothing per user is kept in the process, so
+          there is no first-query build and no memory that grows with the number of users.
 
 Every write to the memories table goes through `writing()` and is reported with `applied()`, so
 this process sees its own writes at once; every process follows the append-only `memory_changes`
@@ -10,25 +12,35 @@ log (at most every `index_refresh_interval` seconds), so another replica's write
 here within a second. Sequence numbers skipped over (a transaction still committing) are waited
 for a while; this process's own log entries are skipped when read back.
 
+Snapshots. After a build from the rows, and whenever the log has moved INDEX_SNAPSHOT_CHANGES
+past the stored snapshot, one replica at a time (a lease on the snapshot's row, db/snapshots.py)
+writes the public index as plain arrays (retrieval/snapshot.py) with the sequence number it
+covers. A starting replica loads it and replays the log after that number; a snapshot that is
+corrupt (checksum, format, shapes, ranges), foreign (another analyzer, a sequence number this
+log never reached), stale (the log after it is gone) or that disagrees with the table's entry
+count after the replay is rebuilt from the rows and replaced, never used.
+
 Off the event loop. Analysing text (OpenCC, jieba) and scoring are CPU work: every index build,
 write and search runs in a worker thread, at most INDEX_THREADS at once (a CapacityLimiter; long
 queries have a lane of their own), so one long text cannot hold up every other request. A write
-the event loop reports (`applied`, the change log) is only queued on its index
+the event loop reports (`applied`, the change log) is only queued on the public index
 (`LexicalIndex.defer`): the next search of that index applies it first, in its thread, so a write
 is still seen by the next read; `apply` also waits while a worker thread does the work, so a
-writer pays for its own writes and bulk writes cannot pile up. Each index has its own lock (in
-`LexicalIndex`): the text analysis runs outside it, so threads only wait for one another over the
-same index's postings and scoring.
+writer pays for its own writes and bulk writes cannot pile up. The index has its own lock (in
+`LexicalIndex`): the text analysis runs outside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
-from collections import OrderedDict
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -37,11 +49,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..config import Settings
 from ..db import memories as repo
+from ..db import snapshots
 from ..db.engine import Database
 from ..db.memories import PUBLIC
 from ..db.models import Memory
-from ..retrieval import LexicalIndex, analyze
-from ..retrieval.index import Fields
+from ..retrieval import LexicalIndex, analyze, snapshot
+from ..retrieval.index import Fields, Unit, analyse, rank
 from .dense_search import DenseSearch
 
 logger = logging.getLogger(__name__)
@@ -57,8 +70,15 @@ INDEX_THREADS = 2
 # own, one thread: 2,000 characters take up to ~0.15 s to analyse, and a burst of them must not
 # queue every ordinary search behind it. /health's probe has a thread of its own too.
 LONG_QUERY_CHARS = 256
+SNAPSHOT_LEASE = timedelta(minutes=5)  # a writer that stalls longer loses the right to write
 
 T = TypeVar("T")
+
+
+def _fields(question: str, similar_questions: list[str] | None, content: str, title: str) -> Fields:
+    if question:
+        return [question, *[q for q in similar_questions or [] if q]], title
+    return [content], title
 
 
 def index_fields(memory: Memory) -> tuple[list[str], str]:
@@ -70,9 +90,54 @@ def index_fields(memory: Memory) -> tuple[list[str], str]:
     100,000 entries it cut the index build 6x and tripled query time (bench/README.md, Scale).
     A private memory is a statement, matched on its content.
     """
-    if memory.question:
-        return [memory.question, *[q for q in memory.similar_questions if q]], memory.title
-    return [memory.content], memory.title
+    return _fields(memory.question, memory.similar_questions, memory.content, memory.title)
+
+
+def _digest(fields: Fields) -> str:
+    return hashlib.blake2b(json.dumps(fields, ensure_ascii=False).encode(), digest_size=12).hexdigest()
+
+
+def stored_terms(fields: Fields) -> str:
+    """A row's analysed units as stored in `memories.tokens`: JSON `{"k": analyzer key, "h": digest
+    of the text analysed, "u": [[weight, {term: count}], ...]}`."""
+    units = analyse(*fields)
+    data = {"k": snapshot.analyzer_key(), "h": _digest(fields), "u": [[w, c] for c, w in units]}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def units_of(tokens: str | None, fields: Fields) -> list[Unit] | None:
+    """The units in stored terms, or None when they are missing, unreadable, from another analyzer
+    or from other text than `fields` (an edit that did not store new terms): analyse again."""
+    if not tokens:
+        return None
+    try:
+        data = json.loads(tokens)
+        if data["k"] != snapshot.analyzer_key() or data["h"] != _digest(fields):
+            return None
+        units = [(counts, float(w)) for w, counts in data["u"]]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not all(isinstance(c, dict) and 0 < w <= 1 for c, w in units):
+        return None
+    return units
+
+
+def _rank_rows(
+    rows: list[Any], scopes: list[str], query: str, limit: int
+) -> tuple[list[tuple[str, int, float]], dict[int, str]]:
+    """Rank one user's rows per scope (worker thread); also the terms of rows that had to be
+    analysed again, to store."""
+    fresh: dict[int, str] = {}
+    docs: dict[str, list[tuple[int, list[Unit]]]] = {scope: [] for scope in scopes}
+    for row in rows:
+        fields = _fields(row.question, row.similar_questions, row.content, row.title)
+        units = units_of(row.tokens, fields)
+        if units is None:
+            fresh[row.id] = stored_terms(fields)
+            units = units_of(fresh[row.id], fields) or []
+        docs[row.scope].append((row.id, units))
+    ranked = [(scope, doc, score) for scope in scopes for doc, score in rank(docs[scope], query, limit)]
+    return ranked, fresh
 
 
 def _upsert_all(index: LexicalIndex, docs: list[tuple[int, Fields]]) -> None:
@@ -121,9 +186,14 @@ class IndexSync:
         self.dense = dense
         # Kept current only once `start` has loaded it (a one-shot CLI import has no use for it).
         self._public_loaded = False
-        self._user_indexes: OrderedDict[tuple[str, str], LexicalIndex] = OrderedDict()
-        # Users' indexes being built: the writes reported meanwhile, one list per build.
-        self._building: dict[tuple[str, str], list[list[tuple[int, Fields | None]]]] = {}
+        self._replaying = False
+        # How the public index started: "snapshot", "rebuilt" (and why: `snapshot_rejected`).
+        self.started_from = ""
+        self.snapshot_rejected = ""
+        self._snapshot_seq = -1  # the change-log point of the newest snapshot this process knows of
+        self._snapshot_task: asyncio.Task[bool] | None = None
+        self._snapshot_tried = 0.0
+        self._holder = uuid.uuid4().hex
         self._last_seq = 0
         self._gaps: dict[int, float] = {}
         # Change-log entries this process wrote itself (and indexed at once): skipped when read back.
@@ -149,18 +219,145 @@ class IndexSync:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Build the public index from the database (and start the embedding worker, if any)."""
+        """Load the public index (a snapshot and the log after it, or the rows), then start the
+        embedding worker, if any."""
+        if not await self._start_from_snapshot():
+            await self._build_public()
+            self.started_from = "rebuilt"
+        self._last_poll = time.monotonic()
+        logger.info("public index loaded (%s): %d entries", self.started_from, len(self.public_index))
+        self._maybe_snapshot(force=self.started_from == "rebuilt")
+        if self.dense is not None:
+            await self.dense.start()
+
+    async def _build_public(self) -> None:
+        self.public_index = LexicalIndex()
+        self._gaps = {}
         async with self.db.read() as session:
             self._last_seq = await repo.last_change(session)
         async for rows in iter_scope(self.db, scope=PUBLIC, owner_id="", batch=_LOAD_BATCH):
             await self._off_loop(
                 _upsert_all, self.public_index, [(row.id, index_fields(row)) for row in rows]
             )
-        self._last_poll = time.monotonic()
         self._public_loaded = True
-        logger.info("public index loaded: %d entries", len(self.public_index))
-        if self.dense is not None:
-            await self.dense.start()
+
+    def _snapshots_on(self) -> bool:
+        return self.settings.index_snapshot_changes > 0
+
+    async def _start_from_snapshot(self) -> bool:
+        """The stored snapshot, checked, and the change log after it; False when there is none or
+        it is not to be trusted (`snapshot_rejected` says why)."""
+        if not self._snapshots_on():
+            return False
+        async with self.db.read() as session:
+            row = await snapshots.get(session, PUBLIC)
+            last = await repo.last_change(session)
+            oldest = await repo.first_change(session)
+        if row is None or row.data is None:
+            return False
+        self._snapshot_seq = row.seq
+        if row.version != snapshot.FORMAT_VERSION:
+            return self._reject(f"format version {row.version}")
+        if row.seq > last:
+            return self._reject(f"covers change {row.seq}, past this log's last ({last})")
+        if oldest is not None and oldest > row.seq + 1:
+            return self._reject(f"the log after change {row.seq} is gone (oldest kept: {oldest})")
+        try:
+            index = await self._off_loop(snapshot.load, row.data, row.checksum)
+        except snapshot.SnapshotError as exc:
+            return self._reject(str(exc))
+        self.public_index, self._last_seq, self._gaps = index, row.seq, {}
+        self._public_loaded = True
+        self._replaying = True
+        try:
+            while True:  # the log after the snapshot, in pages
+                before = self._last_seq
+                await self._poll_changes()
+                if self._last_seq == before:
+                    break
+        finally:
+            self._replaying = False
+        await self._off_loop(self.public_index.settle)
+        async with self.db.read() as session:
+            entries = await repo.count(session, scope=PUBLIC)
+        if entries != len(self.public_index):
+            reason = f"{len(self.public_index)} entries after the replay, the table has {entries}"
+            self.public_index, self._public_loaded = LexicalIndex(), False
+            return self._reject(reason)
+        self.started_from = "snapshot"
+        return True
+
+    def _reject(self, reason: str) -> bool:
+        logger.warning("index snapshot not used (%s): rebuilding from the database", reason)
+        self.snapshot_rejected = reason
+        return False
+
+    def _snapshot_point(self) -> int:
+        """The change-log sequence number the public index covers in full (gaps still awaited excluded)."""
+        return min([self._last_seq, *[gap - 1 for gap in self._gaps]])
+
+    def _maybe_snapshot(self, *, force: bool = False) -> None:
+        """Save a snapshot in the background when the log has moved far enough past the last one
+        (force: the stored one was rejected or missing; replace it whatever it covers)."""
+        if not self._snapshots_on() or not self._public_loaded:
+            return
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        if len(self.public_index) < self.settings.index_snapshot_min_entries:
+            return
+        if not force:
+            if self._snapshot_point() - self._snapshot_seq < self.settings.index_snapshot_changes:
+                return
+            if time.monotonic() - self._snapshot_tried < self.settings.index_snapshot_interval:
+                return
+        self._snapshot_tried = time.monotonic()
+        self._snapshot_task = asyncio.create_task(self.save_snapshot(force=force))
+
+    async def save_snapshot(self, *, force: bool = False) -> bool:
+        """Write the public index as the snapshot if this replica gets the writer's lease (and,
+        unless forced, the stored one is INDEX_SNAPSHOT_CHANGES behind); True when written."""
+        seq = self._snapshot_point()
+        min_gain = None if force else self.settings.index_snapshot_changes
+        try:
+            async with self.db.transaction() as session:
+                claimed = await snapshots.claim(
+                    session, PUBLIC, holder=self._holder, seq=seq, min_gain=min_gain, ttl=SNAPSHOT_LEASE
+                )
+                if not claimed:
+                    self._snapshot_seq = max(
+                        self._snapshot_seq, await snapshots.stored_seq(session, PUBLIC) or 0
+                    )
+            if not claimed:
+                return False
+            try:
+                blob, checksum = await self._off_loop(snapshot.dump, self.public_index)
+                async with self.db.transaction() as session:
+                    stored = await snapshots.store(
+                        session,
+                        PUBLIC,
+                        holder=self._holder,
+                        version=snapshot.FORMAT_VERSION,
+                        seq=seq,
+                        entries=len(self.public_index),
+                        checksum=checksum,
+                        data=blob,
+                    )
+            except BaseException:
+                async with self.db.transaction() as session:
+                    await snapshots.release(session, PUBLIC, holder=self._holder)
+                raise
+        except Exception:
+            logger.exception("could not save the index snapshot")
+            return False
+        if stored:
+            self._snapshot_seq = seq
+            logger.info(
+                "index snapshot saved: %d entries, change %d, %d bytes",
+                len(self.public_index),
+                seq,
+                len(blob),
+            )
+        return stored
 
     @property
     def loaded(self) -> bool:
@@ -168,6 +365,8 @@ class IndexSync:
         return self._public_loaded
 
     async def stop(self) -> None:
+        if self._snapshot_task is not None:
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)  # never left half-written
         if self.dense is not None:
             await self.dense.stop()
 
@@ -202,10 +401,8 @@ class IndexSync:
         return list(touched.values())
 
     def _deliver(self, scope: str, owner_id: str, doc_id: int, fields: Fields | None) -> LexicalIndex | None:
-        """Queue a write (fields None: a removal) on the loaded index it belongs to, and on any of
-        that user's indexes still being built; the loaded index, if any."""
-        for missed in self._building.get((scope, owner_id), ()):
-            missed.append((doc_id, fields))
+        """Queue a write (fields None: a removal) on the public index once it is loaded, and
+        return it (a user's memories are read per request: nothing to update)."""
         index = self._loaded(scope, owner_id)
         if index is not None:
             index.defer(doc_id, fields)
@@ -222,6 +419,7 @@ class IndexSync:
                 return
             await self._poll_changes()
             self._last_poll = time.monotonic()
+        self._maybe_snapshot()
 
     async def lag(self) -> int:
         """Entries of the change log this process has not applied yet (c_app_index_lag_changes)."""
@@ -244,55 +442,42 @@ class IndexSync:
     async def hits(
         self, owner_id: str, scopes: Iterable[str], query: str, limit: int
     ) -> list[tuple[str, int, float]]:
-        """`user_hits` of each of the user's `scopes`, then `public_hits`, as (scope, doc, score):
-        one trip to a worker thread for all of them (each trip costs two thread wake-ups)."""
-        indexes = [(scope, await self._user_index(scope, owner_id)) for scope in scopes]
+        """The user's best `limit` in each of `scopes`, ranked from their rows, then `public_hits`,
+        as (scope, doc, score): one trip to a worker thread for all of them."""
+        scopes = list(scopes)
+        rows: list[Any] = []
+        if scopes:
+            async with self.db.read() as session:
+                rows = await repo.ranking_rows(session, scopes=scopes, owner_id=owner_id)
         pool = max(limit * 4, 20) if self.dense is not None else limit  # DenseSearch.search's pool
 
-        def search_all(query: str) -> tuple[list[tuple[str, int, float]], list[tuple[int, float]]]:
-            mine = [
-                (scope, doc, score) for scope, index in indexes for doc, score in index.search(query, limit)
-            ]
-            return mine, self.public_index.search(query, pool)
+        def search_all(
+            query: str,
+        ) -> tuple[list[tuple[str, int, float]], dict[int, str], list[tuple[int, float]]]:
+            mine, fresh = _rank_rows(rows, scopes, query, limit)
+            return mine, fresh, self.public_index.search(query, pool)
 
-        ranked, public = await self._searching(search_all, query)
+        ranked, fresh, public = await self._searching(search_all, query)
+        if fresh:
+            await self._store_terms(fresh)
         if self.dense is not None:
             public = await self.dense.search(
                 cast(LexicalIndex, _Ranked(self.public_index, public)), query, limit
             )
         return [*ranked, *[(PUBLIC, doc, score) for doc, score in public]]
 
-    async def user_hits(self, scope: str, owner_id: str, query: str, limit: int) -> list[tuple[int, float]]:
-        """One user's ranking in the private or chat scope (the index is built on first use)."""
-        return await self._search(await self._user_index(scope, owner_id), query, limit)
+    async def terms(self, fields: Fields) -> str:
+        """`stored_terms(fields)`, analysed in a worker thread (for a write to store with its row)."""
+        return await self._off_loop(stored_terms, fields)
 
-    async def _user_index(self, scope: str, owner_id: str) -> LexicalIndex:
-        index = self._loaded(scope, owner_id)  # (an empty index is falsy: compared with None)
-        return index if index is not None else await self._build(scope, owner_id)
-
-    async def _build(self, scope: str, owner_id: str) -> LexicalIndex:
-        """A user's index from the database, then kept in the LRU cache. The rows are read in
-        batches while other requests run: a write reported meanwhile is recorded and queued on
-        the new index at the end (after every row read, so the newest version wins)."""
-        key = (scope, owner_id)
-        index = LexicalIndex()
-        missed: list[tuple[int, Fields | None]] = []
-        self._building.setdefault(key, []).append(missed)
+    async def _store_terms(self, fresh: dict[int, str]) -> None:
+        """Keep the terms of rows analysed on a search (written before terms were stored, or by
+        another analyzer), so the next search reads them."""
         try:
-            async for rows in iter_scope(self.db, scope=scope, owner_id=owner_id):
-                await self._off_loop(_upsert_all, index, [(row.id, index_fields(row)) for row in rows])
-        finally:
-            others = [m for m in self._building[key] if m is not missed]
-            if others:
-                self._building[key] = others
-            else:
-                del self._building[key]
-        for doc_id, fields in missed:
-            index.defer(doc_id, fields)
-        self._user_indexes[key] = index
-        while len(self._user_indexes) > self.settings.user_index_cache_size:
-            self._user_indexes.popitem(last=False)
-        return index
+            async with self.db.transaction() as session:
+                await repo.store_tokens(session, fresh)
+        except Exception:
+            logger.warning("could not store the analysed terms of %d memories", len(fresh), exc_info=True)
 
     def explain(self, query: str) -> dict[str, Any]:
         """How the knowledge-base index reads a query: its normalised form and weighted terms.
@@ -311,14 +496,10 @@ class IndexSync:
     # -- the change log ---------------------------------------------------------------------------
 
     def _loaded(self, scope: str, owner_id: str) -> LexicalIndex | None:
-        """The loaded index holding this scope and owner, if any (a user's is marked recently used)."""
-        if scope == PUBLIC:
-            return self.public_index if self._public_loaded else None
-        key = (scope, owner_id)
-        index = self._user_indexes.get(key)
-        if index is not None:
-            self._user_indexes.move_to_end(key)
-        return index
+        """The loaded index holding this scope and owner: the public one, once loaded."""
+        if scope == PUBLIC and self._public_loaded:
+            return self.public_index
+        return None
 
     async def _poll_changes(self) -> None:
         now = time.monotonic()
@@ -349,5 +530,5 @@ class IndexSync:
             self._deliver(
                 change.scope, change.owner_id, change.memory_id, None if row is None else index_fields(row)
             )
-        if self.dense is not None and self._public_loaded:
+        if self.dense is not None and self._public_loaded and not self._replaying:
             self.dense.schedule_ids(c.memory_id for c in foreign if c.scope == PUBLIC)

@@ -3,7 +3,8 @@
 private - what the customer or an operator saved about the customer;
 chat    - the customer's past exchanges, the newest CHAT_MEMORY_LIMIT kept.
 
-Search ranks each scope in its index (services/index_sync.py) and returns plain `Hit`s, the
+Search ranks the knowledge base in its index and the user's memories from their rows and stored
+terms (services/index_sync.py) and returns plain `Hit`s, the
 form the engines and the wire formats take; the knowledge base itself is edited by
 KnowledgeService.
 """
@@ -21,7 +22,7 @@ from ..db.memories import CHAT, PRIVATE, PUBLIC
 from ..db.models import Memory
 from ..engines.base import Hit
 from ..errors import NotFound
-from .index_sync import IndexSync
+from .index_sync import IndexSync, index_fields
 
 MEMORY_NOT_FOUND = "记忆不存在"
 
@@ -67,6 +68,7 @@ class MemoryService:
         meta = dict(metadata or {})
         title = str(meta.get("title", ""))[:500]
         category = str(meta.get("category", ""))[:100]
+        tokens = await self.sync.terms(([content], title))  # what index_fields reads of this row
         async with self.sync.writing() as db:
             row = await repo.add(
                 db,
@@ -76,6 +78,7 @@ class MemoryService:
                 title=title,
                 category=category,
                 meta=meta,
+                tokens=tokens,
             )
         self.sync.applied([row])
         return row
@@ -91,6 +94,7 @@ class MemoryService:
                 row.meta = dict(metadata)
                 row.title = str(metadata.get("title", ""))[:500]
                 row.category = str(metadata.get("category", ""))[:100]
+            row.tokens = await self.sync.terms(index_fields(row))
             await repo.touch(db, row)
         self.sync.applied([row])
         return row
@@ -108,6 +112,7 @@ class MemoryService:
 
         grounded: the answer came from the knowledge or memories, so it may be repeated later.
         """
+        tokens = await self.sync.terms(([question[:2000]], ""))  # what index_fields reads of this row
         async with self.sync.writing() as db:
             row = await repo.add(
                 db,
@@ -116,6 +121,7 @@ class MemoryService:
                 question=question[:2000],
                 content=f"用户：{question[:2000]}\n客服：{answer[:4000]}",
                 meta={"session_id": session_id, "grounded": grounded},
+                tokens=tokens,
             )
             dropped = await repo.trim(db, scope=CHAT, owner_id=user_id, keep=self.settings.chat_memory_limit)
         self.sync.applied([row], dropped)
