@@ -276,3 +276,41 @@ async def test_heartbeat_timeout_makes_an_agent_away(start_app):
     assert listed[0]["status"] == "away"
     answer = answer_text((await client.post(STREAM, json=chat_body("转人工"))).text)
     assert "联系方式" in answer  # an agent who is away is nobody to promise
+
+
+async def test_agent_keys_in_api_key_mode(start_app):
+    app, client = await start_app(
+        auth_mode="api_key", api_keys="backend-key-0123456789", agent_keys="agent-key-abcdef:a9:小赵"
+    )
+    agent = {"Authorization": "Bearer agent-key-abcdef"}
+    me = await client.get(f"{AGENT}/me", headers=agent)
+    assert (
+        me.status_code == 200
+        and me.json()["data"]["agent_id"] == "a9"
+        and me.json()["data"]["name"] == "小赵"
+    )
+    backend = {"Authorization": "Bearer backend-key-0123456789"}
+    assert_envelope(await client.get(f"{AGENT}/queue", headers=backend), 403, "仅限客服人员访问")
+    assert_envelope(
+        await client.post(STREAM, json=chat_body("你好"), headers=agent), 403, "客服账号不能以客户身份操作"
+    )
+    assert await count(app, Message) == 0
+
+
+async def test_the_openai_door_is_acknowledged_while_an_agent_holds_the_session(claim_app):
+    app, client = claim_app
+    await online(client, A1)
+    await client.post(STREAM, json=chat_body("转人工"))
+    await client.post(f"{AGENT}/sessions/{SESSION}/claim", headers=A1)
+    body = {
+        "model": "c-app",
+        "user": "user123",
+        "metadata": {"session_id": SESSION},
+        "messages": [{"role": "user", "content": "订单号 778899"}],
+    }
+    answer = await client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "已转交人工客服，客服会尽快回复您"
+    [stored] = await rows(app, Message, Message.content == "订单号 778899")
+    assert stored.role == "user"
+    assert await count(app, Message, Message.role == "assistant") == 1  # only the hand-off answer
