@@ -201,7 +201,7 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         customer.wait_for_selector("body[data-ready='true']", state="attached")
         expect(customer.locator(".msg.agent")).to_have_count(2)
         expect(customer.locator(".msg.agent").first).to_contain_text("感谢您的耐心等待")
-        expect(customer.locator(".msg.agent .agent-name").first).to_contain_text("人工客服")
+        expect(customer.locator(".msg.agent .agent-name").first).to_have_text("人工客服 小王")
         for tab in (agent, customer):
             assert tab.errors == []
             assert tab.evaluate("window.__violations") == []
