@@ -4,6 +4,7 @@ transfer, close, rating, and every refusal (seed envelope, nothing changed)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from c_app.db.models import ChatSession, Handoff, HandoffNote, Message
+from c_app.db.models import AuditEntry, ChatSession, Handoff, HandoffNote, Message
 
 from .utils import answer_text, assert_envelope, chat_body, count, rows
 
@@ -155,6 +156,14 @@ async def test_the_whole_loop_in_claim_mode(claim_app):
     assert stats["handoffs"] == 1 and stats["queue_length"] == 0 and stats["csat_average"] == 4.0
     assert stats["wait_p50_seconds"] is not None and stats["handling_avg_seconds"] is not None
     assert stats["tickets_open"] == 0
+    service_stats = (await client.get("/api/v1/chat/stats")).json()["statistics"]["agents"]
+    assert service_stats["handoffs"] == 1 and service_stats["csat_average"] == 4.0
+    # Every agent action is in the audit log (ids, never the text).
+    actions = [(e.action, e.actor) for e in await rows(app, AuditEntry, AuditEntry.target_type == "session")]
+    assert ("agent.claim", "a1") in actions and ("agent.transfer", "a1") in actions
+    assert ("agent.reply", "a1") in actions and ("agent.note", "a1") in actions
+    assert ("agent.close", "a2") in actions
+    assert all("客户很着急" not in str(e.detail) for e in await rows(app, AuditEntry))
 
 
 async def test_two_claims_at_once_exactly_one_wins(claim_app):
@@ -314,3 +323,30 @@ async def test_the_openai_door_is_acknowledged_while_an_agent_holds_the_session(
     [stored] = await rows(app, Message, Message.content == "订单号 778899")
     assert stored.role == "user"
     assert await count(app, Message, Message.role == "assistant") == 1  # only the hand-off answer
+
+
+async def test_a_stop_whose_message_was_missed_still_ends_the_turn(start_app, standin):
+    """The running turn reads the stop flag itself: a flag raised without any bus message ends it."""
+    app, client = await start_app(
+        llm_api_key="test-key",
+        llm_base_url=standin.base_url,
+        redis_url="redis://127.0.0.1:6379/0",
+        bus_channel_prefix=f"t{uuid.uuid4().hex[:10]}",
+        rate_limit_stream="0",
+    )
+    services = app.state.services
+    assert services.bus.distributed
+    standin.script.append({"kind": "hang_after", "text": "正在查询", "chunk": 2})
+
+    async def flag_once_running() -> None:
+        while not services.chat._running:
+            await asyncio.sleep(0.01)
+        await services.stops._flag(SESSION)  # stored only: no message on the bus
+
+    flagger = asyncio.create_task(flag_once_running())
+    async with asyncio.timeout(20):
+        response = await client.post(STREAM, json=chat_body("帮我查订单"))
+    await flagger
+    assert response.text.endswith("data: [DONE]\n\n")
+    [answer] = await rows(app, Message, Message.role == "assistant")
+    assert answer.status == "interrupted" and answer.content.startswith("正在查询")
