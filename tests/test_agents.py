@@ -350,3 +350,11 @@ async def test_a_stop_whose_message_was_missed_still_ends_the_turn(start_app, st
     assert response.text.endswith("data: [DONE]\n\n")
     [answer] = await rows(app, Message, Message.role == "assistant")
     assert answer.status == "interrupted" and answer.content.startswith("正在查询")
+
+
+async def test_an_agents_first_requests_at_once(client):
+    """The console opens several requests at once for an agent never seen: one row, no 500."""
+    answers = await asyncio.gather(*(client.get(f"{AGENT}/me", headers=A1) for _ in range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    listed = (await client.get(f"{AGENT}/agents", headers=A1)).json()["data"]["agents"]
+    assert [a["agent_id"] for a in listed] == ["a1"]
