@@ -41,9 +41,10 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def new_tab(launched: Any, *, width: int = 1280, height: int = 800) -> Any:
-    """A tab in a context of its own (its own storage: two tabs are two people), errors collected."""
-    context = launched.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
+def new_tab(launched: Any, *, width: int = 1280, height: int = 800, **options: Any) -> Any:
+    """A tab in a context of its own (its own storage: two tabs are two people), page errors collected
+    in `tab.errors`, CSP violations in `window.__violations`; `options` go to the context."""
+    context = launched.new_context(viewport={"width": width, "height": height}, locale="zh-CN", **options)
     context.add_init_script(WATCH_CSP)
     tab = context.new_page()
     tab.set_default_timeout(TIMEOUT_MS)

@@ -20,8 +20,8 @@ import pytest
 from c_app.config import Settings
 from c_app.main import create_app
 
+from .browser import CHROMIUM, browser, new_tab
 from .servers import serve
-from .test_chat_page import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, WATCH_CSP
 
 ADMIN = "admin-console-token-7f3a"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "admin-console.png"
@@ -144,23 +144,8 @@ def server(make_settings: Callable[..., Settings]) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(
-                viewport={"width": 1280, "height": 820}, locale="zh-CN", accept_downloads=True
-            )
-            context.add_init_script(WATCH_CSP)
-            tab = context.new_page()
-            tab.set_default_timeout(TIMEOUT_MS)
-            errors: list[str] = []
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.errors = errors  # type: ignore[attr-defined]
-            yield tab
-        finally:
-            browser.close()
+    with browser() as launched:
+        yield new_tab(launched, width=1280, height=820, accept_downloads=True)
 
 
 def open_console(page: Any, base_url: str) -> None:

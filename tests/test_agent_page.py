@@ -1,12 +1,15 @@
 """The agent console at /agent and the chat page's agent side, end to end in headless Chromium with
-two browser contexts at once: a customer on /chat asks for a person, an agent on /agent claims the
-conversation (AGENT_ASSIGNMENT=claim), they write both ways (a canned reply, an internal note the
-customer never sees), the agent closes and the customer rates. SQLite only, as the other page tests.
+two browser contexts at once. While the agent is offline a customer asking for a person is offered
+the ticket form and leaves a message, which the agent sees (with the phone number) and closes. Then,
+the agent online: the customer asks for a person again, the agent claims the conversation
+(AGENT_ASSIGNMENT=claim), they write both ways (a canned reply, an internal note the customer never
+sees), the agent closes and the customer rates. SQLite only, as the other page tests.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +68,12 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         # The console is served with its own strict policy and asks for a token first.
         page = httpx.get(f"{base_url}/agent")
         assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+        remembered = httpx.post(
+            f"{base_url}/api/v1/chat/memory/add",
+            json={"user_id": "pw_customer", "content": "偏好顺丰快递，工作日白天不在家"},
+            headers={"Authorization": f"Bearer {CUSTOMER_KEY}"},
+        )
+        assert remembered.status_code == 200, remembered.text
         agent.goto(f"{base_url}/agent")
         expect(agent.locator("#login")).to_be_visible()
         agent.fill("#token", "not-a-key")
@@ -75,6 +84,32 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         agent.wait_for_selector("body[data-ready='true']", state="attached")
         expect(agent.locator("#me")).to_contain_text("小王")
         assert AGENT_KEY not in agent.url
+        expect(agent.locator("#presence")).to_have_value("offline")
+
+        # Nobody online: the customer is offered the ticket form and leaves a message with a phone number.
+        customer.goto(f"{base_url}/chat?user=pw_customer#token={CUSTOMER_KEY}")
+        customer.wait_for_selector("body[data-ready='true']", state="attached")
+        assert CUSTOMER_KEY not in customer.url
+        customer.fill("#input", "我要转人工")
+        customer.press("#input", "Enter")
+        expect(customer.locator(".ticket-form")).to_be_visible()
+        expect(customer.locator("#input")).to_have_attribute("placeholder", re.compile("联系方式"))
+        customer.fill("#input", "订单一直没发货，请回电 13812345678")
+        customer.press("#input", "Enter")
+        expect(customer.locator(".ticket-ack")).to_contain_text("留言已提交")
+        assert stored(db_path, "SELECT user_id, phone, status FROM tickets") == [
+            ("pw_customer", "13812345678", "open")
+        ]
+        agent.click("#tab-tickets")
+        ticket = agent.locator("#tickets .ticket")
+        expect(ticket).to_have_count(1)
+        expect(ticket.first.locator(".contact")).to_contain_text("电话 13812345678")
+        expect(ticket.first).to_contain_text("订单一直没发货")
+        ticket.first.locator(".ticket-close").click()
+        expect(ticket.first).to_contain_text("已处理（a1）")
+        assert stored(db_path, "SELECT status, closed_by FROM tickets") == [("closed", "a1")]
+        agent.click("#tab-queue")
+
         agent.select_option("#presence", "online")
         expect(agent.locator("#stats")).to_contain_text("在线客服 1")
         # A canned reply, saved from the console.
@@ -83,12 +118,10 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         agent.click("#canned-form button[type='submit']")
         expect(agent.locator("#canned-list")).to_contain_text("/thanks")
 
-        # The customer asks for a person; the agent's queue shows them without a reload.
-        customer.goto(f"{base_url}/chat?user=pw_customer#token={CUSTOMER_KEY}")
-        customer.wait_for_selector("body[data-ready='true']", state="attached")
+        # The customer asks again; the agent's queue shows them without a reload.
         customer.fill("#input", "我要转人工")
         customer.press("#input", "Enter")
-        expect(customer.locator(".handoff").first).to_be_visible()
+        expect(customer.locator(".live-notice").first).to_contain_text("您正在排队")
         customer.wait_for_selector("body[data-live='true']", state="attached")
         queued = agent.locator("#queue .item")
         expect(queued).to_have_count(1)
@@ -97,8 +130,9 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
 
         # The agent opens it (history and context beside it) and claims it.
         queued.first.click()
-        expect(agent.locator("#conv-messages .msg.user")).to_contain_text("我要转人工")
+        expect(agent.locator("#conv-messages .msg.user").last).to_contain_text("我要转人工")
         expect(agent.locator("#ctx-question")).to_have_text("我要转人工")
+        expect(agent.locator("#ctx-memories")).to_contain_text("偏好顺丰快递")
         agent.click("#claim")
         expect(agent.locator("#reply-form")).to_be_visible()
         expect(agent.locator("#mine .item")).to_have_count(1)
@@ -108,6 +142,7 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         agent.click("#reply")
         agent.keyboard.type("/tha")
         expect(agent.locator("#canned-suggest")).to_be_visible()
+        expect(customer.locator("#agent-typing")).to_contain_text("客服 小王 正在输入")
         agent.keyboard.press("Enter")  # picks the suggestion
         expect(agent.locator("#reply")).to_have_value("感谢您的耐心等待，马上为您查询！")
         agent.keyboard.press("Enter")  # sends
@@ -116,11 +151,14 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         expect(reply.locator(".agent-name")).to_contain_text("小王")
 
         # Customer -> agent: typing shows, then the message arrives live; the bot stays silent.
+        answers = customer.locator(".msg.assistant").count()
         customer.fill("#input", "")
         customer.type("#input", "我的快递三天没到")
         expect(agent.locator("#customer-typing")).to_be_visible()
         customer.press("#input", "Enter")
         expect(agent.locator("#conv-messages .msg.user").last).to_contain_text("我的快递三天没到")
+        expect(customer.locator(".msg.user").last).to_contain_text("我的快递三天没到")
+        expect(customer.locator(".msg.assistant")).to_have_count(answers)  # no bot answer, no acknowledgement
         expect(agent.locator("#conv-messages .msg.agent .read")).to_have_count(1)  # read receipt
 
         # An internal note stays on the agent's side.
@@ -146,9 +184,10 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         expect(customer.locator(".rating-done")).to_contain_text("4 分")
         expect(agent.locator("#status")).to_contain_text("客户评价：4 分")
 
-        assert stored(db_path, "SELECT agent_id, status, rating, rating_comment FROM handoffs") == [
-            ("a1", "closed", 4, "回复很及时")
-        ]
+        assert stored(
+            db_path,
+            "SELECT agent_id, status, rating, rating_comment FROM handoffs WHERE agent_id IS NOT NULL",
+        ) == [("a1", "closed", 4, "回复很及时")]
         roles = stored(
             db_path, "SELECT role, agent_name, content FROM messages WHERE role = 'agent' ORDER BY id"
         )
@@ -162,7 +201,7 @@ def test_customer_and_agent_talk_live_and_the_customer_rates(server: tuple[str, 
         customer.wait_for_selector("body[data-ready='true']", state="attached")
         expect(customer.locator(".msg.agent")).to_have_count(2)
         expect(customer.locator(".msg.agent").first).to_contain_text("感谢您的耐心等待")
-        expect(customer.locator(".msg.agent .agent-name").first).to_contain_text("人工客服")
+        expect(customer.locator(".msg.agent .agent-name").first).to_have_text("人工客服 小王")
         for tab in (agent, customer):
             assert tab.errors == []
             assert tab.evaluate("window.__violations") == []

@@ -4,6 +4,7 @@ transfer, close, rating, and every refusal (seed envelope, nothing changed)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from c_app.db.models import ChatSession, Handoff, HandoffNote, Message
+from c_app.db.models import AuditEntry, ChatSession, Handoff, HandoffNote, Message
 
 from .utils import answer_text, assert_envelope, chat_body, count, rows
 
@@ -155,6 +156,14 @@ async def test_the_whole_loop_in_claim_mode(claim_app):
     assert stats["handoffs"] == 1 and stats["queue_length"] == 0 and stats["csat_average"] == 4.0
     assert stats["wait_p50_seconds"] is not None and stats["handling_avg_seconds"] is not None
     assert stats["tickets_open"] == 0
+    service_stats = (await client.get("/api/v1/chat/stats")).json()["statistics"]["agents"]
+    assert service_stats["handoffs"] == 1 and service_stats["csat_average"] == 4.0
+    # Every agent action is in the audit log (ids, never the text).
+    actions = [(e.action, e.actor) for e in await rows(app, AuditEntry, AuditEntry.target_type == "session")]
+    assert ("agent.claim", "a1") in actions and ("agent.transfer", "a1") in actions
+    assert ("agent.reply", "a1") in actions and ("agent.note", "a1") in actions
+    assert ("agent.close", "a2") in actions
+    assert all("客户很着急" not in str(e.detail) for e in await rows(app, AuditEntry))
 
 
 async def test_two_claims_at_once_exactly_one_wins(claim_app):
@@ -276,3 +285,76 @@ async def test_heartbeat_timeout_makes_an_agent_away(start_app):
     assert listed[0]["status"] == "away"
     answer = answer_text((await client.post(STREAM, json=chat_body("转人工"))).text)
     assert "联系方式" in answer  # an agent who is away is nobody to promise
+
+
+async def test_agent_keys_in_api_key_mode(start_app):
+    app, client = await start_app(
+        auth_mode="api_key", api_keys="backend-key-0123456789", agent_keys="agent-key-abcdef:a9:小赵"
+    )
+    agent = {"Authorization": "Bearer agent-key-abcdef"}
+    me = await client.get(f"{AGENT}/me", headers=agent)
+    assert (
+        me.status_code == 200
+        and me.json()["data"]["agent_id"] == "a9"
+        and me.json()["data"]["name"] == "小赵"
+    )
+    backend = {"Authorization": "Bearer backend-key-0123456789"}
+    assert_envelope(await client.get(f"{AGENT}/queue", headers=backend), 403, "仅限客服人员访问")
+    assert_envelope(
+        await client.post(STREAM, json=chat_body("你好"), headers=agent), 403, "客服账号不能以客户身份操作"
+    )
+    assert await count(app, Message) == 0
+
+
+async def test_the_openai_door_is_acknowledged_while_an_agent_holds_the_session(claim_app):
+    app, client = claim_app
+    await online(client, A1)
+    await client.post(STREAM, json=chat_body("转人工"))
+    await client.post(f"{AGENT}/sessions/{SESSION}/claim", headers=A1)
+    body = {
+        "model": "c-app",
+        "user": "user123",
+        "metadata": {"session_id": SESSION},
+        "messages": [{"role": "user", "content": "订单号 778899"}],
+    }
+    answer = await client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "已转交人工客服，客服会尽快回复您"
+    [stored] = await rows(app, Message, Message.content == "订单号 778899")
+    assert stored.role == "user"
+    assert await count(app, Message, Message.role == "assistant") == 1  # only the hand-off answer
+
+
+async def test_a_stop_whose_message_was_missed_still_ends_the_turn(start_app, standin):
+    """The running turn reads the stop flag itself: a flag raised without any bus message ends it."""
+    app, client = await start_app(
+        llm_api_key="test-key",
+        llm_base_url=standin.base_url,
+        redis_url="redis://127.0.0.1:6379/0",
+        bus_channel_prefix=f"t{uuid.uuid4().hex[:10]}",
+        rate_limit_stream="0",
+    )
+    services = app.state.services
+    assert services.bus.distributed
+    standin.script.append({"kind": "hang_after", "text": "正在查询", "chunk": 2})
+
+    async def flag_once_running() -> None:
+        while not services.chat._running:
+            await asyncio.sleep(0.01)
+        await services.stops._flag(SESSION)  # stored only: no message on the bus
+
+    flagger = asyncio.create_task(flag_once_running())
+    async with asyncio.timeout(20):
+        response = await client.post(STREAM, json=chat_body("帮我查订单"))
+    await flagger
+    assert response.text.endswith("data: [DONE]\n\n")
+    [answer] = await rows(app, Message, Message.role == "assistant")
+    assert answer.status == "interrupted" and answer.content.startswith("正在查询")
+
+
+async def test_an_agents_first_requests_at_once(client):
+    """The console opens several requests at once for an agent never seen: one row, no 500."""
+    answers = await asyncio.gather(*(client.get(f"{AGENT}/me", headers=A1) for _ in range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    listed = (await client.get(f"{AGENT}/agents", headers=A1)).json()["data"]["agents"]
+    assert [a["agent_id"] for a in listed] == ["a1"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from c_app.config import Settings
+from c_app.container import build_services
 from c_app.services.availability import (
     describe_opening,
     hours_from_settings,
@@ -166,3 +168,10 @@ def test_describe_opening() -> None:
     assert describe_opening(at(2026, 12, 7, 23, 0), now) == "今天 23:00"
     assert describe_opening(at(2026, 12, 8, 9, 0), now) == "明天 09:00"
     assert describe_opening(at(2026, 12, 14, 9, 0), now) == "12月14日 09:00"
+
+
+def test_a_malformed_spec_stops_the_services_from_being_built(make_settings: Any) -> None:
+    with pytest.raises(ValueError, match="AGENT_HOURS: 无法解析 'weekdays'"):
+        build_services(make_settings(agent_hours="weekdays"))
+    with pytest.raises(ValueError, match="AGENT_TIMEZONE"):
+        build_services(make_settings(agent_timezone="Nowhere/City"))

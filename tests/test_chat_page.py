@@ -20,25 +20,14 @@ import pytest
 from c_app.config import Settings
 from c_app.main import create_app
 
+from .browser import CHROMIUM, TIMEOUT_MS, browser, new_tab
 from .llm_standin import StandIn
 from .servers import serve
 from .utils import png_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The README's picture: refreshed only when asked (C_APP_SCREENSHOT=1), so a test run leaves the tree clean.
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "chat-page.png"
 WRITE_SCREENSHOT = os.environ.get("C_APP_SCREENSHOT") == "1"
-TIMEOUT_MS = 30_000
 
 pytestmark = [
     pytest.mark.skipif(
@@ -56,8 +45,6 @@ HOSTILE_ANSWER = (
     "- 链接 [点我](javascript:window.__pwned=3) 不可点击\n"
     "- 官网 [帮助中心](https://example.com/help) 可以点击"
 )
-# Any violation means markup from an answer reached the DOM and the CSP had to stop it.
-WATCH_CSP = "window.__violations = []; document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.violatedDirective));"
 
 
 def stored(db_path: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -90,21 +77,8 @@ def server(make_settings: Callable[..., Settings]) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1100, "height": 760}, locale="zh-CN")
-            context.add_init_script(WATCH_CSP)
-            tab = context.new_page()
-            tab.set_default_timeout(TIMEOUT_MS)
-            errors: list[str] = []
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.errors = errors  # type: ignore[attr-defined]
-            yield tab
-        finally:
-            browser.close()
+    with browser() as launched:
+        yield new_tab(launched, width=1100, height=760)
 
 
 def ask(page: Any, question: str) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,18 +16,9 @@ import pytest
 from c_app.config import Settings
 from c_app.main import create_app
 
+from .browser import CHROMIUM, browser, new_tab
 from .security_utils import jwt_settings, token
 from .servers import serve
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
-TIMEOUT_MS = 30_000
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
@@ -41,16 +31,8 @@ pytestmark = [
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            tab = browser.new_context(locale="zh-CN").new_page()
-            tab.set_default_timeout(TIMEOUT_MS)
-            yield tab
-        finally:
-            browser.close()
+    with browser() as launched:
+        yield new_tab(launched, width=1280, height=720)
 
 
 def ask(page: Any, question: str) -> Any:

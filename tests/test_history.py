@@ -78,8 +78,10 @@ async def test_history_items_carry_answer_details(client):
         "feedback",
         "created_at",
         "outcome",
+        "agent_name",  # a human agent's name on role=agent messages (issue 10)
     }
     assert question["parts"] is None and question["feedback"] is None and question["outcome"] is None
+    assert answer["agent_name"] is None
     assert answer["outcome"] == "answered"
     assert "电子发票" in answer["content"]
     assert answer["status"] == "complete" and answer["engine"]

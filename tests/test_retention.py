@@ -30,7 +30,7 @@ from c_app.config import Settings
 from c_app.container import Services, build_services
 from c_app.db import retention as repo
 from c_app.db.memories import CHAT
-from c_app.db.models import ChatSession, Memory, Message, Upload
+from c_app.db.models import ChatSession, Memory, Message, Ticket, Upload
 from c_app.services import retention as retention_module
 from c_app.services.retention import LEASE_TTL, RetentionRun, RetentionService
 
@@ -162,6 +162,9 @@ async def test_old_data_is_purged_and_recent_data_kept(open_services: OpenServic
         s.uploads.path_for(old_upload.stored_name),
         s.uploads.path_for(new_upload.stored_name),
     )
+    old_ticket = await s.tickets.record("u1", "old", "很久以前的留言 13812345678")
+    new_ticket = await s.tickets.record("u1", "recent", "最近的留言")
+    await set_columns(s, Ticket.id, [old_ticket.id], created_at=old, updated_at=old)
 
     run = await s.retention.run_once()
 
@@ -172,6 +175,7 @@ async def test_old_data_is_purged_and_recent_data_kept(open_services: OpenServic
         "chat_memories": 1,
         "uploads": 1,
         "upload_files": 1,
+        "tickets": 1,
         "transactions": 0,
     }
     assert await ids_of(s, ChatSession.id) == {"recent", "revived"}
@@ -179,6 +183,7 @@ async def test_old_data_is_purged_and_recent_data_kept(open_services: OpenServic
     assert len(await ids_of(s, Message.id, Message.session_id == "revived")) == 2  # kept whole
     assert await ids_of(s, Memory.id, Memory.owner_id == "u1") == {new_chat, private.id}
     assert await ids_of(s, Upload.id) == {new_upload.id}
+    assert await ids_of(s, Ticket.id) == {new_ticket.id}
     assert not old_file.exists() and new_file.exists()
     assert [hit.id for hit in await s.memory.search("u1", "几点关门", limit=5) if hit.scope == CHAT] == []
 

@@ -293,3 +293,56 @@ async def test_the_walker_flags_a_route_added_without_the_check(start_app: Any) 
         problems
     )
     assert any(p.startswith("WS /ws/leak") for p in problems), problems
+
+
+AGENT_PREFIX = "/api/v1/agent/"
+STREAMS = ("/api/v1/agent/events",)  # held open: walked live in tests/test_agents_live.py
+
+
+async def test_agents_and_customers_stay_apart(start_app: Any) -> None:
+    """Issue 10's roles: a customer token gets 403 on every agent route; an agent token (role agent or
+    supervisor) is refused on every customer route and WebSocket, and is served on its own routes."""
+    app, client = await start_app(**jwt_settings(admin_token="admin-token-for-tests", rate_limit_stream="0"))
+    victim = await make_victim(client)
+    app.openapi_schema = None
+    spec = app.openapi()
+    ex = SchemaExamples(spec, victim)
+    customer = bearer(token(VICTIM))
+    agents = [bearer(token("agent-1", role="agent", name="小王")), bearer(token("sup-1", role="supervisor"))]
+    problems: list[str] = []
+    walked_agent_routes = 0
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "patch", "delete") or (method.upper(), path) in PUBLIC:
+                continue
+            label = f"{method.upper()} {path}"
+            request = build_request(spec, path, method, operation, ex)
+            if path.startswith(AGENT_PREFIX):
+                walked_agent_routes += 1
+                as_customer = await client.request(
+                    **{**request, "headers": {**request["headers"], **customer}}
+                )
+                if as_customer.status_code != 403 or "仅限客服人员访问" not in as_customer.text:
+                    problems.append(f"{label}: a customer got {as_customer.status_code}")
+                if path in STREAMS:
+                    continue
+                for agent in agents:
+                    served = await client.request(**{**request, "headers": {**request["headers"], **agent}})
+                    if served.status_code in (401, 403) or served.status_code >= 500:
+                        problems.append(f"{label}: an agent got {served.status_code} {served.text[:200]}")
+                continue
+            if path.startswith(ADMIN_PREFIX):
+                continue
+            for agent in agents:
+                refused = await client.request(**{**request, "headers": {**request["headers"], **agent}})
+                if refused.status_code != 403:
+                    problems.append(f"{label}: an agent acting as a customer got {refused.status_code}")
+                if any(marker in refused.text for marker in SECRET_MARKERS):
+                    problems.append(f"{label}: an agent saw the customer's data")
+    for route in app.routes:
+        if isinstance(route, APIWebSocketRoute | WebSocketRoute):
+            answer = await websocket_handshake(app, route.path, headers=agents[0])
+            if answer["type"] == "websocket.accept":
+                problems.append(f"WS {route.path}: accepted an agent as a customer")
+    assert problems == [], "\n".join(problems)
+    assert walked_agent_routes >= 10

@@ -32,6 +32,8 @@ async def sse_frames(
     *,
     on_keepalive: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
+    if after is None:  # from now on: fixed before the client hears it is connected
+        after = await live.last_id()
     yield ": connected\n\n"
     async for event in live.stream(channels, after):
         if event is None:

@@ -13,7 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
-from ..security.auth import Authenticator, credential_from
+from ..errors import Forbidden
+from ..security.auth import AGENT_NOT_CUSTOMER, Authenticator, credential_from
 from ..security.signing import verify
 from .deps import ServicesDep
 
@@ -35,7 +36,10 @@ def _owner_for(request: Request, name: str, exp: str | None, sig: str | None) ->
     authenticator: Authenticator = request.app.state.authenticator
     if not authenticator.enabled or verify(request.app.state.settings, name, exp, sig):
         return None
-    return authenticator.authenticate(credential_from(request.headers)).scope
+    actor = authenticator.authenticate(credential_from(request.headers))
+    if actor.is_agent:  # an agent is not the customer (issue 10): a signed URL shows them the image
+        raise Forbidden(AGENT_NOT_CUSTOMER)
+    return actor.scope
 
 
 @router.get("/static/uploads/{name}", response_class=FileResponse, responses=FILE_RESPONSES)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Agent, ChatSession, Handoff, HandoffNote, LiveEvent, Message, StopRequest, utcnow
@@ -44,9 +45,10 @@ async def upsert_agent(
     at: datetime,
 ) -> Agent:
     """Create or refresh an agent's row (a sign of life: last_seen_at = at)."""
-    row = await db.get(Agent, agent_id, with_for_update=db.get_bind().dialect.name == "postgresql")
+    locking = db.get_bind().dialect.name == "postgresql"
+    row = await db.get(Agent, agent_id, with_for_update=locking)
     if row is None:
-        row = Agent(
+        fresh = Agent(
             id=agent_id,
             name=name,
             role=role,
@@ -55,16 +57,23 @@ async def upsert_agent(
             last_seen_at=at,
             updated_at=at,
         )
-        db.add(row)
-    else:
-        row.name = name
-        row.role = role
-        if status is not None:
-            row.status = status
-        if max_concurrent is not None:
-            row.max_concurrent = max_concurrent
-        row.last_seen_at = at
-        row.updated_at = at
+        try:
+            async with db.begin_nested():  # the agent's first two requests at once: one inserts
+                db.add(fresh)
+                await db.flush()
+            return fresh
+        except IntegrityError:
+            row = await db.get(Agent, agent_id, with_for_update=locking, populate_existing=True)
+            if row is None:
+                raise
+    row.name = name
+    row.role = role
+    if status is not None:
+        row.status = status
+    if max_concurrent is not None:
+        row.max_concurrent = max_concurrent
+    row.last_seen_at = at
+    row.updated_at = at
     await db.flush()
     return row
 

@@ -375,6 +375,7 @@ class Ticket(Base):
         Index("ix_tickets_status_id", "status", "id"),  # the agents' list, open first
         Index("ix_tickets_user_id", "user_id", "id"),  # export and erasure
         Index("ix_tickets_session_status", "session_id", "status"),  # the session's open ticket
+        Index("ix_tickets_updated_at", "updated_at"),  # retention
     )
 
 

@@ -91,6 +91,24 @@ async def for_user(db: AsyncSession, user_id: str, *, after: int, limit: int) ->
     return list((await db.execute(query)).scalars())
 
 
+async def stale_ids(db: AsyncSession, cutoff: datetime, *, limit: int) -> list[int]:
+    """Tickets last written before the cut-off (retention), oldest id first."""
+    query = select(Ticket.id).where(Ticket.updated_at < cutoff).order_by(Ticket.id).limit(limit)
+    return list((await db.execute(query)).scalars())
+
+
+async def delete_stale(db: AsyncSession, ids: list[int], cutoff: datetime) -> int:
+    """Delete these tickets if still untouched since before the cut-off (a customer may have written)."""
+    if not ids:
+        return 0
+    result = await db.execute(
+        delete(Ticket)
+        .where(Ticket.id.in_(ids), Ticket.updated_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def delete_for_user(db: AsyncSession, user_id: str) -> int:
     result = await db.execute(delete(Ticket).where(Ticket.user_id == user_id))
     return int(getattr(result, "rowcount", 0))

@@ -53,6 +53,8 @@ class MessageItem(BaseModel):
     created_at: str
     # What an answer did (answered, clarified, no_match, handoff, smalltalk, blocked); null for a question.
     outcome: str | None = None
+    # role=agent: the human agent's display name (issue 10); null otherwise.
+    agent_name: str | None = None
 
     @classmethod
     def from_row(cls, row: Message) -> MessageItem:
@@ -67,6 +69,7 @@ class MessageItem(BaseModel):
             feedback=Feedback.from_row(row),
             created_at=row.created_at.isoformat(),
             outcome=row.outcome,
+            agent_name=row.agent_name,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -64,6 +64,9 @@ class Statistics(BaseModel):
     total_uploads: int
     sensitive_hits: int  # listed sensitive words matched, in questions and answers (every occurrence)
     blocked_messages: int  # customers' messages refused for a sensitive word
+    # Human agents (issue 10): handoffs, queue_length, wait_p50/p90_seconds, handling_avg_seconds,
+    # csat_average, csat_count, tickets_open, agents_online (GET /api/v1/agent/stats: the same).
+    agents: dict[str, Any] | None = None
 
 
 class StatsResponse(BaseModel):

@@ -5,7 +5,8 @@ What goes, with the cut-off = now - RETENTION_DAYS:
   session started long ago but active since is kept whole);
 - chat memory: past exchanges (memories of scope chat) created before the cut-off, each removal
   logged in `memory_changes` (`IndexSync.writing` + `applied`), so every replica's index drops them;
-- uploads: rows created before the cut-off and their files on disk.
+- uploads: rows created before the cut-off and their files on disk;
+- tickets (留言): those last written before the cut-off (open or closed).
 
 One replica at a time: every run first takes a database lock (c_app/db/retention.py: an advisory
 lock on PostgreSQL, a lease row in `app_meta` on SQLite); a replica that finds it held skips that
@@ -31,6 +32,7 @@ import anyio
 
 from ..config import Settings
 from ..db import retention as repo
+from ..db import tickets as tickets_repo
 from ..db.customers import delete_memories
 from ..db.models import utcnow
 from ..errors import NotFound
@@ -59,6 +61,7 @@ class RetentionRun:
     chat_memories: int = 0
     uploads: int = 0
     upload_files: int = 0
+    tickets: int = 0
     transactions: int = 0
     lock_lost: bool = False
 
@@ -145,19 +148,21 @@ class RetentionService:
                 await self._purge_sessions(lock, cutoff, run)
                 await self._purge_chat_memories(lock, cutoff, run)
                 await self._purge_uploads(lock, cutoff, run)
+                await self._purge_tickets(lock, cutoff, run)
             except LockLost:
                 run.lock_lost = True
             finally:
                 await lock.release()
             logger.info(
                 "retention run%s: removed %d sessions, %d messages, %d chat memories, %d uploads "
-                "(%d files) older than %s, in %d transactions, %.2f s",
+                "(%d files), %d tickets older than %s, in %d transactions, %.2f s",
                 " (stopped: lock lost)" if run.lock_lost else "",
                 run.sessions,
                 run.messages,
                 run.chat_memories,
                 run.uploads,
                 run.upload_files,
+                run.tickets,
                 cutoff.isoformat(timespec="seconds"),
                 run.transactions,
                 time.monotonic() - started,
@@ -238,6 +243,18 @@ class RetentionService:
             if len(ids) < self.batch:
                 return
             after = ids[-1]
+
+    async def _purge_tickets(self, lock: repo.RunLock, cutoff: datetime, run: RetentionRun) -> None:
+        while True:
+            async with self.db.transaction() as db:
+                if not await lock.keep(db):
+                    raise LockLost
+                ids = await tickets_repo.stale_ids(db, cutoff, limit=self.batch)
+                removed = await tickets_repo.delete_stale(db, ids, cutoff)
+            run.tickets += removed
+            await self._pause(run)
+            if len(ids) < self.batch or not removed:
+                return
 
     def _remove_files(self, names: Iterable[str]) -> int:
         removed = 0

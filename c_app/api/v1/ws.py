@@ -4,9 +4,12 @@ Client → server frames (JSON text):
     {"type": "message", "user_id", "session_id", "message": {"role": "user", "content": ...}}
     {"type": "stop"}                 end the answer being generated (stored as interrupted)
     {"type": "ping"} / {"type": "pong"}
+    {"type": "subscribe", "session_id"}   follow the session's live events (issue 10; a message does too)
+    {"type": "typing", "session_id"} / {"type": "read", "session_id", "message_id"}   to the agent
 Server → client frames: {"type": "delta"|"sources"|"handoff"|"suggestions"|"done"|"error", ...}
     as in c_app/schemas/events.py, plus {"type": "ready"} on connect, {"type": "ping"} heartbeats
-    and {"type": "pong"} answers.
+    and {"type": "pong"} answers; the followed session's live events (an agent's messages, typing,
+    queue position, closed) as {"type": <event>, "id": n, ...} (docs/agent-api.md).
 Several turns run one after another on one connection; a message sent while a turn is running
 is refused with an error frame. Malformed frames get an error frame and the connection stays.
 Close codes (RFC 6455): 1000 normal, 1001 heartbeat lost / server going away, 1003 binary data,
@@ -34,6 +37,7 @@ from ...errors import AppError
 from ...schemas.customer import ChatRequest
 from ...schemas.events import ChatEvent, ErrorEvent
 from ...security.auth import WS_POLICY_VIOLATION, Actor
+from ...services.live import session_channel
 from ..deps import websocket_actor
 from ..sse import event_payload
 from ..turns import open_turn
@@ -58,6 +62,8 @@ class _Connection:
         self.last_seen = asyncio.get_running_loop().time()
         self.actor = Actor(user_id=None)
         self.closed = False
+        self.follow_task: asyncio.Task[None] | None = None
+        self.followed = ""
 
     async def send(self, payload: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -113,6 +119,10 @@ class _Connection:
         finally:
             for watcher in watchers:
                 watcher.cancel()
+            if self.follow_task is not None:
+                self.follow_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.follow_task
             if self.turn_task is not None and not self.turn_task.done():
                 self.turn_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -137,6 +147,8 @@ class _Connection:
                 self.services.chat.interrupt(self.turn_session)
         elif kind == "message":
             await self.start_turn(frame)
+        elif kind in ("subscribe", "typing", "read"):
+            await self.live_frame(kind, frame)
         else:
             await self.error(f"未知的消息类型: {str(kind)[:32]}", 400)
 
@@ -165,7 +177,49 @@ class _Connection:
             await self.error(exc.message, exc.status_code)
             return
         self.turn_session = turn.session_id
+        await self.follow(turn.session_id)
         self.turn_task = asyncio.create_task(self._stream(self.services.chat.answer(turn)))
+
+    async def live_frame(self, kind: str, frame: dict[str, Any]) -> None:
+        session_id = frame.get("session_id")
+        if not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 128:
+            await self.error("会话ID不能为空", 400)
+            return
+        message_id = frame.get("message_id")
+        if kind == "read" and (isinstance(message_id, bool) or not isinstance(message_id, int)):
+            await self.error("请求参数格式错误", 422)
+            return
+        try:
+            if kind == "subscribe":
+                await self.services.sessions.get(session_id, owner_id=self.actor.scope)
+                await self.follow(session_id)
+            else:
+                await self.services.agents.customer_signal(
+                    session_id, self.actor.scope, kind, message_id if kind == "read" else None
+                )
+        except AppError as exc:
+            await self.error(exc.message, exc.status_code)
+
+    async def follow(self, session_id: str) -> None:
+        """Send the session's live events on this socket (one session at a time: the latest), from
+        now on: the starting point is fixed before this returns, so nothing after it is missed."""
+        if self.followed == session_id and self.follow_task is not None and not self.follow_task.done():
+            return
+        if self.follow_task is not None:
+            self.follow_task.cancel()
+        self.followed = session_id
+        after = await self.services.live.last_id()
+        self.follow_task = asyncio.create_task(self._follow(session_id, after))
+
+    async def _follow(self, session_id: str, after: int) -> None:
+        try:
+            async for event in self.services.live.stream([session_channel(session_id)], after):
+                if event is not None:
+                    await self.send({**event.data, "type": event.type, "id": event.id})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("websocket live events failed (session %s)", session_id)
 
     async def _stream(self, events: Any) -> None:
         event: ChatEvent

@@ -8,6 +8,7 @@ const API = "/api/v1/agent";
 const TOKEN_KEY = "c_app.agent_token";
 const HEARTBEAT_MS = 20_000;
 const TYPING_MS = 3000;
+const TICKETS_MS = 30_000; // tickets have no live event: their list is read again this often
 const $ = (id) => document.getElementById(id);
 const ui = {
   login: $("login"), loginForm: $("login-form"), token: $("token"), loginError: $("login-error"),
@@ -27,7 +28,8 @@ const ui = {
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY), me: null, queue: [], mine: [], tickets: [], canned: [],
   current: null, // the open session's item (QueueItem + notes)
-  loadedAt: 0, unread: new Set(), stream: null, lastEventId: null, heartbeat: 0, typingSent: 0, typingTimer: 0,
+  loadedAt: 0, unread: new Set(), stream: null, lastEventId: null, heartbeat: 0, ticketTimer: 0,
+  typingSent: 0, typingTimer: 0,
   suggestions: [], suggestIndex: 0,
 };
 
@@ -93,6 +95,7 @@ function clock(iso) {
 function showLogin(message = "") {
   stopStream();
   clearInterval(state.heartbeat);
+  clearInterval(state.ticketTimer);
   ui.desk.hidden = true;
   ui.login.hidden = false;
   ui.loginError.hidden = !message;
@@ -138,7 +141,7 @@ async function setPresence(status) {
     state.me = await api("/presence", { method: "POST", body: { status } });
     ui.presence.value = state.me.status;
     ui.presence.dataset.status = state.me.status;
-    await loadStats();
+    await Promise.all([loadStats(), loadTickets()]); // coming online: the messages left meanwhile
   } catch (err) {
     setStatus(err.message, true);
   }
@@ -146,9 +149,11 @@ async function setPresence(status) {
 
 function startHeartbeat() {
   clearInterval(state.heartbeat);
+  clearInterval(state.ticketTimer);
   state.heartbeat = setInterval(() => {
     if (ui.presence.value === "online") api("/heartbeat", { method: "POST" }).catch(() => {});
   }, HEARTBEAT_MS);
+  state.ticketTimer = setInterval(() => loadTickets().catch(() => {}), TICKETS_MS);
 }
 
 async function loadStats() {

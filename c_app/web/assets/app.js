@@ -562,6 +562,11 @@ async function send(text) {
     const id = result.messageId ?? (await latestAnswerId().catch(() => null));
     if (id) showFeedback(view, id, null);
   }
+  if (result.status === "held" && state.live?.agent) {
+    // A person holds the session: the acknowledgement is for plain clients; here the agent's own
+    // replies arrive live, so the customer's message stands alone.
+    view.row.remove();
+  }
   if (result.status === "ticket") {
     showMode("active");
     showNotice(view, "留言已提交，我们会尽快与您联系", "ticket-ack notice");

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
@@ -179,7 +179,8 @@ async def get_stats(request: Request, services: ServicesDep) -> StatsResponse:
     only `Authorization: Bearer <ADMIN_TOKEN>`; no or a bad credential 401, any other (a customer's
     JWT, an API key) 403 "无权访问服务统计"."""
     request.app.state.authenticator.require_operator(request.headers)
-    statistics = await services.sessions.statistics()
+    statistics: dict[str, Any] = dict(await services.sessions.statistics())
+    statistics["agents"] = await services.agents.stats()
     return StatsResponse(
         timestamp=now_iso(),
         uptime=round(time.monotonic() - request.app.state.started_at, 3),

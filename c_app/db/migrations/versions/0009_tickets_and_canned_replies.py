@@ -34,6 +34,7 @@ def upgrade() -> None:
     op.create_index("ix_tickets_status_id", "tickets", ["status", "id"])
     op.create_index("ix_tickets_user_id", "tickets", ["user_id", "id"])
     op.create_index("ix_tickets_session_status", "tickets", ["session_id", "status"])
+    op.create_index("ix_tickets_updated_at", "tickets", ["updated_at"])
     op.create_table(
         "canned_replies",
         sa.Column("id", BigIntPK, autoincrement=True, nullable=False),
