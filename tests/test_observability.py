@@ -194,7 +194,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def test_a_turn_is_traced_request_turn_retrieval_model_storage(
     start_app: Any, spans: InMemorySpanExporter
 ) -> None:
-    assert tracing.span("off") is tracing.span("still off")  # unset: one shared no-op, nothing started
+    source = one_item()
+    # Unset: one shared no-op context and the stream itself, nothing started.
+    assert tracing.span("off") is tracing.span("still off") and tracing.stream("off", source) is source
     _, client = await start_app()
     tracing.configure(client and _settings_of(client), exporter=spans)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -220,6 +222,22 @@ async def test_a_turn_is_traced_request_turn_retrieval_model_storage(
     assert request.attributes["http.response.status_code"] == 200
     assert turn.attributes["c_app.outcome"] == "answered" and turn.attributes["c_app.door"] == "stream"
     assert request.attributes["c_app.request_id"] == answered.headers["x-request-id"]
+
+
+async def one_item() -> Any:
+    yield 1
+
+
+def test_without_an_endpoint_nothing_of_the_sdk_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys; from c_app.config import Settings; from c_app.main import create_app; "
+        f"create_app(Settings(_env_file=None, memory_db_path={str(tmp_path / 'x.db')!r}, "
+        f"upload_dir={str(tmp_path / 'up')!r})); "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def _settings_of(client: httpx.AsyncClient) -> Any:
