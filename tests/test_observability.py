@@ -194,7 +194,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def test_a_turn_is_traced_request_turn_retrieval_model_storage(
     start_app: Any, spans: InMemorySpanExporter
 ) -> None:
-    assert tracing.span("off") is tracing.span("still off")  # unset: one shared no-op, nothing started
+    source = one_item()
+    # Unset: one shared no-op context and the stream itself, nothing started.
+    assert tracing.span("off") is tracing.span("still off") and tracing.stream("off", source) is source
     _, client = await start_app()
     tracing.configure(client and _settings_of(client), exporter=spans)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -222,21 +224,50 @@ async def test_a_turn_is_traced_request_turn_retrieval_model_storage(
     assert request.attributes["c_app.request_id"] == answered.headers["x-request-id"]
 
 
+async def one_item() -> Any:
+    yield 1
+
+
+def test_without_an_endpoint_nothing_of_the_sdk_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys; from c_app.config import Settings; from c_app.main import create_app; "
+        f"create_app(Settings(_env_file=None, memory_db_path={str(tmp_path / 'x.db')!r}, "
+        f"upload_dir={str(tmp_path / 'up')!r})); "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def _settings_of(client: httpx.AsyncClient) -> Any:
     transport = client._transport
     return transport.app.state.settings  # type: ignore[attr-defined]
 
 
+def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text(encoding="utf-8", errors="replace")
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.2)
+
+
 @pytest.fixture
-def json_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    """run_server.py with LOG_FORMAT=json and PROMETHEUS_MULTIPROC_DIR (multiprocess mode)."""
+def two_processes(tmp_path: Path) -> Iterator[tuple[str, str, Path, Path]]:
+    """Two server processes on one database and one PROMETHEUS_MULTIPROC_DIR (as WORKERS=2 would
+    be): A is run_server.py with LOG_FORMAT=json, B plain uvicorn, started once A has emptied the
+    folder (its first metric file is there)."""
     if BACKEND != "sqlite":
         pytest.skip("the real-server test runs once, on the embedded default")
-    port = free_port()
     metrics_dir = tmp_path / "prom"
     env = {
         **os.environ,
-        "PORT": str(port),
         "HOST": "127.0.0.1",
         "MEMORY_DB_PATH": str(tmp_path / "data" / "customer_service.db"),
         "UPLOAD_DIR": str(tmp_path / "uploads"),
@@ -244,58 +275,82 @@ def json_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     env.pop("DATABASE_URL", None)
-    log = tmp_path / "stderr.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_server.py")], cwd=ROOT, env=env, stdout=stderr, stderr=stderr
-        )
-        base = f"http://127.0.0.1:{port}"
+    port_a, port_b = free_port(), free_port()
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    with log_a.open("wb") as out_a, log_b.open("wb") as out_b:
         try:
+            a = subprocess.Popen(
+                [sys.executable, str(ROOT / "run_server.py")],
+                cwd=ROOT,
+                env={**env, "PORT": str(port_a)},
+                stdout=out_a,
+                stderr=out_a,
+            )
+            procs.append(a)
             deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None, log.read_text(encoding="utf-8", errors="replace")
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
-            yield base, log, metrics_dir
+            while not list(metrics_dir.glob("*.db")):
+                assert a.poll() is None, log_a.read_text(encoding="utf-8", errors="replace")
+                assert time.monotonic() < deadline, "no metric file written"
+                time.sleep(0.05)
+            b = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "c_app.main:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port_b),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out_b,
+                stderr=out_b,
+            )
+            procs.append(b)
+            base_a, base_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+            _wait_until_up(base_a, a, log_a)
+            _wait_until_up(base_b, b, log_b)
+            yield base_a, base_b, log_a, metrics_dir
         finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=20)
 
 
-def test_a_real_server_logs_json_lines_with_request_ids_redacted_and_masked(
-    json_server: tuple[str, Path, Path],
+def test_two_processes_json_logs_and_one_exposition_for_both(
+    two_processes: tuple[str, str, Path, Path],
 ) -> None:
-    base, log, metrics_dir = json_server
+    base_a, base_b, log, metrics_dir = two_processes
     phone = "13812345678"
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base_a, timeout=30) as client:
         streamed = client.post("/api/v1/chat/stream", json=chat_body(ANSWERED, session_id=phone))
         listed = client.get(f"/api/v1/chat/sessions/{phone}", params={"token": "sekret-value"})
-        scraped = client.get("/metrics")
-    assert streamed.status_code == listed.status_code == scraped.status_code == 200
-    # Multiprocess mode: the values come from the files in PROMETHEUS_MULTIPROC_DIR.
-    assert list(metrics_dir.glob("*.db"))
+    assert streamed.status_code == listed.status_code == 200
+    # Multiprocess mode: B, which served no turn, reports A's (the files in PROMETHEUS_MULTIPROC_DIR).
+    scraped = httpx.get(base_b + "/metrics", timeout=30)
+    assert scraped.status_code == 200 and list(metrics_dir.glob("*.db"))
+    check_with_promtool(scraped.text)
     found = samples(scraped.text)
     assert value(found, "c_app_turns_total", door="stream", outcome="answered") == 1
     assert value(found, "c_app_http_requests_total", route="/api/v1/chat/stream", status="200") == 1
-    check_with_promtool(scraped.text)
+    pids = {dict(labels).get("pid") for name, labels in found if name == "c_app_db_pool_size_connections"}
+    assert len(pids) == 2, pids  # each process's pool, sampled in its own background loop
+
+    # LOG_FORMAT=json: every line of A's output is one JSON object, uvicorn's access log included.
     deadline = time.monotonic() + 10
     while listed.headers["x-request-id"] not in (text := log.read_text(encoding="utf-8")):
         assert time.monotonic() < deadline, text  # the access line is written just after the answer
         time.sleep(0.05)
-    records = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert records
     for record in records:
         assert {"time", "level", "logger", "message", "request_id"} <= set(record), record
-    access = [
-        r
-        for r in records
-        if r["logger"] == "uvicorn.access" and r["request_id"] == listed.headers["x-request-id"]
-    ]
+    request_id = listed.headers["x-request-id"]
+    access = [r for r in records if r["logger"] == "uvicorn.access" and r["request_id"] == request_id]
     assert len(access) == 1 and "/api/v1/chat/sessions/" in access[0]["message"]
     assert "sekret-value" not in text and "[REDACTED]" in access[0]["message"]
     assert phone not in text and "[手机号1]" in access[0]["message"]

@@ -191,12 +191,13 @@ def pool_gauges(sampler: GaugeSampler, pool: object) -> None:
 class TurnClock:
     """One turn's figures: first text, outcome, duration (`text()` at each piece, `finished()` once)."""
 
-    __slots__ = ("door", "first", "started")
+    __slots__ = ("door", "first", "span", "started")
 
     def __init__(self, door: str) -> None:
         self.door = door
         self.started = time.perf_counter()
         self.first: float | None = None
+        self.span = tracing.current()  # the turn's span: its outcome is set on it at the end
 
     def text(self) -> None:
         if self.first is None:
@@ -207,7 +208,10 @@ class TurnClock:
         outcome = outcome or "none"
         TURNS.labels(self.door, outcome, status).inc()
         TURN_DURATION.labels(self.door).observe(time.perf_counter() - self.started)
-        tracing.annotate(**{"c_app.door": self.door, "c_app.outcome": outcome, "c_app.status": status})
+        if self.span is not None:
+            self.span.set_attributes(
+                {"c_app.door": self.door, "c_app.outcome": outcome, "c_app.status": status}
+            )
 
 
 @contextlib.contextmanager

@@ -82,12 +82,13 @@ def span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
     return _tracer.start_as_current_span(name, attributes=attributes or None)
 
 
-def annotate(**attributes: Any) -> None:
-    """Attributes on the current span (when tracing)."""
-    if _tracer is not None:
-        from opentelemetry import trace
+def current() -> Any:
+    """The current span when tracing (to annotate later, wherever the code is then); else None."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
 
-        trace.get_current_span().set_attributes(attributes)
+    return trace.get_current_span()
 
 
 def server_span(

@@ -355,11 +355,10 @@ class ChatService:
         finally:
             # Runs on success, on failure, and when the client goes away (cancellation): shield the
             # write so a cancelled request still records what was said.
-            with anyio.CancelScope(shield=True):
-                with tracing.span("chat.storage"):
-                    message_id = await self._store(
-                        turn, result, latency_ms=int((time.monotonic() - started) * 1000)
-                    )
+            with anyio.CancelScope(shield=True), tracing.span("chat.storage"):
+                message_id = await self._store(
+                    turn, result, latency_ms=int((time.monotonic() - started) * 1000)
+                )
                 clock.finished(result.final_outcome, result.status)
                 if censor is not None and censor.hits:
                     await self._moderated(
@@ -372,9 +371,9 @@ class ChatService:
         retrieval, no engine."""
         result = _Answer(engine="moderation", text=[reply], status=BLOCKED, outcome=BLOCKED)
         clock = metrics.TurnClock(turn.door)
-        with anyio.CancelScope(shield=True):  # stored first: the record holds even if the client leaves
-            with tracing.span("chat.storage"):
-                message_id = await self._store(turn, result, latency_ms=0)
+        # Stored first: the record holds even if the client leaves.
+        with anyio.CancelScope(shield=True), tracing.span("chat.storage"):
+            message_id = await self._store(turn, result, latency_ms=0)
             clock.finished(result.final_outcome, result.status)
         yield DeltaEvent(text=reply)
         yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
