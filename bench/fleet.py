@@ -30,7 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import PG_URL, Results, client_loop, verify_postgres
-from tests.fleet import Replica, nginx_binary, nginx_in_front, replica_env
+from tests.fleet import Replica, nginx_binary, nginx_in_front, replica_env, warm
 
 
 async def run(replicas: int, clients: int, duration: float) -> dict[str, Any]:
@@ -48,6 +48,7 @@ async def run(replicas: int, clients: int, duration: float) -> dict[str, Any]:
         REDIS_URL="redis://127.0.0.1:6379/12",
         RATE_LIMIT_KEY_PREFIX=schema,
         RATE_LIMIT_STREAM=os.environ.get("BENCH_RATE_LIMIT_STREAM", "100000/minute"),
+        CACHE_DIR=str(workdir / "cache"),
     )
     nodes = [Replica(f"r{i + 1}", env, workdir) for i in range(replicas)]
     results = Results()
@@ -59,10 +60,7 @@ async def run(replicas: int, clients: int, duration: float) -> dict[str, Any]:
             for node in nodes[1:]:
                 node.start()
             await asyncio.gather(*(node.wait_ready(probe) for node in nodes[1:]))
-            for node in nodes:  # warm: the segmenter and term statistics load on the first search
-                await probe.post(
-                    f"{node.url}/api/v1/chat/memory/retrieve", json={"user_id": "warm", "query": "预热"}
-                )
+            await warm(probe, nodes)  # the term statistics, built once, outside the timed window
         with nginx_in_front(binary, [n.port for n in nodes], workdir) as url:
 
             async def count_replica(response: httpx.Response) -> None:
