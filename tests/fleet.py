@@ -37,19 +37,23 @@ def replica_env(database: dict[str, object], tmp_path: Path, **extra: str) -> di
     env.update({key.upper(): str(value) for key, value in database.items()})
     env.update(
         UPLOAD_DIR=str(tmp_path / "uploads"),
+        # One private cache for the run's replicas: the term statistics are built once (seconds on
+        # a busy machine), then loaded by every later process.
+        CACHE_DIR=str(tmp_path.parent / "replica-cache"),
         LOAD_SAMPLE_KB="false",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
 class Replica:
     """One app process; `name` is its REPLICA_ID (the X-Replica header)."""
 
-    def __init__(self, name: str, env: dict[str, str], tmp_path: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], tmp_path: Path, *, cli: bool = False) -> None:
         self.name = name
+        self.cli = cli  # `c-app serve` (the image's entry point) instead of `uvicorn c_app.main:app`
         self.env = {**env, "REPLICA_ID": name}
         self.cwd = tmp_path
         self.log = tmp_path / f"{name}.log"
@@ -62,6 +66,8 @@ class Replica:
 
     def start(self) -> None:
         command = [sys.executable, "-m", "uvicorn", "c_app.main:app", "--host", "127.0.0.1"]
+        if self.cli:
+            command = [sys.executable, "-m", "c_app.cli", "serve", "--host", "127.0.0.1"]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [*command, "--port", str(self.port)],
@@ -109,6 +115,18 @@ class Replica:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+async def warm(client: httpx.AsyncClient, replicas: list[Replica]) -> None:
+    """A replica's first scored search builds or loads the segmenter and the term statistics
+    (seconds under load): done here, one replica after the other, outside any timed window."""
+    memory = {"user_id": "warm-up", "content": "预热：我喜欢蓝色的杯子", "metadata": {}}
+    response = await client.post(f"{replicas[0].url}/api/v1/chat/memory/add", json=memory)
+    assert response.status_code == 200, response.text
+    for replica in replicas:
+        query = {"user_id": "warm-up", "query": "蓝色的杯子", "limit": 1}
+        response = await client.post(f"{replica.url}/api/v1/chat/memory/retrieve", json=query)
+        assert response.status_code == 200, response.text
 
 
 def nginx_binary() -> str | None:

@@ -73,11 +73,11 @@ async def test_draining_replica_is_not_ready_and_refuses_new_turns(start_app: Ap
 def replica(database_settings: dict[str, Any], tmp_path: Path, standin: StandIn) -> Callable[..., Replica]:
     started: list[Replica] = []
 
-    def make(**extra: str) -> Replica:
+    def make(*, cli: bool = False, **extra: str) -> Replica:
         env = replica_env(
             database_settings, tmp_path, LLM_API_KEY="standin-key", LLM_BASE_URL=standin.base_url, **extra
         )
-        node = Replica(f"r{len(started) + 1}", env, tmp_path)
+        node = Replica(f"r{len(started) + 1}", env, tmp_path, cli=cli)
         started.append(node)
         node.start()
         return node
@@ -166,8 +166,8 @@ async def test_sigterm_stores_a_stream_still_running_after_the_grace_as_interrup
     ]
 
 
-async def test_ctrl_c_still_stops_the_server(replica: Callable[..., Replica]) -> None:
-    node = replica()
+async def test_c_app_serve_answers_and_ctrl_c_still_stops_it(replica: Callable[..., Replica]) -> None:
+    node = replica(cli=True)  # the container's entry point
     async with httpx.AsyncClient(timeout=60) as client:
         await node.wait_ready(client)
     node.signal(signal.SIGINT)

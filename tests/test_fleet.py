@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from .conftest import BACKEND, PG_URL
-from .fleet import Replica, nginx_binary, nginx_in_front, replica_env
+from .fleet import Replica, nginx_binary, nginx_in_front, replica_env, warm
 from .llm_standin import StandIn
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgresql", reason="a fleet runs on PostgreSQL (C_APP_TEST_DB)")
@@ -61,11 +61,13 @@ async def _schema(sql: str) -> None:
 
 
 async def _wait_all(replicas: list[Replica]) -> None:
-    """Ready, and warm: a replica's first search loads the segmenter and the term statistics."""
     async with httpx.AsyncClient(timeout=60) as client:
         await asyncio.gather(*(r.wait_ready(client) for r in replicas))
-        for replica in replicas:
-            await retrieve(client, replica.url, "预热")
+
+
+async def _warm(replicas: list[Replica]) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:
+        await warm(client, replicas)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             for replica in replicas[1:]:
                 replica.start()
             asyncio.run(_wait_all(replicas[1:]))
+            asyncio.run(_warm(replicas))
             with nginx_in_front(binary, [r.port for r in replicas], tmp_path) as url:
                 yield Fleet(url, replicas, schema, standin, [r.name for r in replicas])
     finally:
