@@ -50,6 +50,7 @@ from .text import BIGRAM, CHAR, MAX_TEXT_CHARS, WORD, normalize, tokenize
 
 Unit = tuple[dict[str, int], float]  # a unit's term counts and its weight
 Fields = tuple[list[str], str]  # what a doc is indexed on: its questions and its body
+LengthUnit = tuple[dict[str, int], float, float]  # a unit's term counts, its weight and its length
 
 
 def _counts(text: str) -> dict[str, int]:
@@ -98,12 +99,12 @@ def unit_length(counts: dict[str, int], params: Params | None = None) -> float:
 
 
 def rank(
-    docs: list[tuple[int, list[Unit]]], query: str, limit: int = 5, params: Params | None = None
+    docs: list[tuple[int, list[LengthUnit]]], query: str, limit: int = 5, params: Params | None = None
 ) -> list[tuple[int, float]]:
-    """``LexicalIndex.search`` over ``docs`` (already analysed units, see ``analyse``) without
-    building an index: the same statistics and scores as an index holding exactly these docs,
-    from the postings of the query's terms only. For small sets ranked once (one user's memories,
-    read per request)."""
+    """``LexicalIndex.search`` over ``docs`` (already analysed units with their lengths, see
+    ``analyse`` and ``unit_length``) without building an index: the same statistics and scores as
+    an index holding exactly these docs, from the postings of the query's terms only. For small
+    sets ranked once (one user's memories, read per request)."""
     p = params or Params()
     if limit <= 0 or not docs:
         return []
@@ -114,17 +115,17 @@ def rank(
     unit_w: list[float] = []
     dls: list[float] = []
     postings: dict[str, tuple[list[int], list[int]]] = {term: ([], []) for term, _ in counts}
+    wanted = postings.keys()
     for doc_id, units in docs:
-        for unit_counts, weight in units:
+        for unit_counts, weight, length in units:
             slot = len(slot_doc)
             slot_doc.append(doc_id)
             unit_w.append(weight)
-            dls.append(unit_length(unit_counts, p))
-            for term, (slots, tfs) in postings.items():
-                tf = unit_counts.get(term)
-                if tf:
-                    slots.append(slot)
-                    tfs.append(tf)
+            dls.append(length)
+            for term in wanted & unit_counts.keys():
+                slots, tfs = postings[term]
+                slots.append(slot)
+                tfs.append(unit_counts[term])
     n = len(slot_doc)
     if not n:
         return []
