@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import numpy as np
 import pytest
 from sqlalchemy import select, update
 
@@ -17,7 +18,8 @@ from c_app.config import Settings
 from c_app.container import Services, build_services
 from c_app.db import memories as repo
 from c_app.db.models import Memory
-from c_app.retrieval import LexicalIndex
+from c_app.retrieval import LexicalIndex, stored
+from c_app.retrieval.index import analyse
 from c_app.retrieval.stored import usable
 from c_app.services.index_sync import index_fields
 
@@ -127,3 +129,56 @@ async def test_another_replicas_write_is_found_at_once_without_following_the_log
     assert await b.memory.search("u1", "会员卡号", limit=3) == []
     assert [hit.id for hit in await b.memory.search("u1", "收货城市", limit=3)] == [fact.id]
     assert await b.memory.search("u2", "收货城市", limit=3) == []  # nobody else's
+
+
+DOCS = {
+    1: (["怎么退款", "退货以后多久退款", "可以七天无理由退货吗"], "退款说明"),
+    2: (["发票怎么开"], ""),
+    3: (["会员卡号是多少"], "会员"),
+    4: (["我的会员卡号是 VIP-20391"], ""),
+    5: (["运费谁出", "包邮吗"], "运费"),
+}
+
+
+def test_ranking_from_stored_bytes_matches_an_index_of_the_same_docs() -> None:
+    index = LexicalIndex()
+    for doc, fields in DOCS.items():
+        index.upsert(doc, *fields)
+    docs = [(doc, stored.encode(analyse(*fields))) for doc, fields in DOCS.items()]
+    assert all(usable(blob) for _, blob in docs)
+    for query in [*QUERIES, "退款多久到账", "VIP-20391", "包邮", "退货退款运费"]:
+        expected = index.search(query, 3)
+        got = stored.rank(docs, query, 3)
+        assert [doc for doc, _ in got] == [doc for doc, _ in expected], query
+        assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)
+
+
+def test_damaged_or_foreign_stored_bytes_are_not_usable() -> None:
+    blob = stored.encode(analyse(["发票怎么开"], ""))
+    assert usable(blob)
+    assert not usable(blob[:-3])  # truncated
+    assert not usable(b"")
+    assert not usable(None)
+    foreign = bytearray(blob)
+    foreign[0] ^= 0xFF  # another analyzer's header
+    assert not usable(bytes(foreign))
+    bad = np.frombuffer(blob, dtype=stored.RECORD).copy()
+    bad["w"][1] = 7.0  # a weight outside (0, 1]
+    assert not stored.valid_values([(1, bad.tobytes())])
+    assert stored.valid_values([(1, blob)])
+
+
+async def test_a_row_with_damaged_terms_is_analysed_again(replicas) -> None:
+    a, _ = replicas
+    memories = await fill(a, "u1")
+    expected = await a.sync.hits("u1", ["private", "chat"], "会员卡号", 3)
+    card = next(m for m in memories if "会员卡号" in m.content)
+    good = (await tokens_of(a, card.id))[card.id] or b""
+    bad = np.frombuffer(good, dtype=stored.RECORD).copy()
+    bad["tf"][1] = -3
+    async with a.db.transaction() as db:
+        await db.execute(update(Memory).where(Memory.id == card.id).values(tokens=bad.tobytes()))
+    got = await a.sync.hits("u1", ["private", "chat"], "会员卡号", 3)
+    assert [(s, d) for s, d, _ in got] == [(s, d) for s, d, _ in expected]
+    assert [x for _, _, x in got] == pytest.approx([x for _, _, x in expected], abs=1e-9)
+    assert (await tokens_of(a, card.id))[card.id] == good  # rewritten from the text
