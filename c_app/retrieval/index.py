@@ -405,6 +405,8 @@ class LexicalIndex:
                 "cnt": cnt.astype("<i4"),
                 "unit_w": self._unit_w[slots].astype("<f4"),
                 "slot_doc": self._slot_doc[slots].astype("<i8"),
+                # Docs indexed with no unit at all (text that normalises to nothing): still held.
+                "empty": np.array(sorted(d for d, s in self._doc_slots.items() if not s), dtype="<i8"),
             }
 
     @classmethod
@@ -417,6 +419,7 @@ class LexicalIndex:
         unit_w: np.ndarray,
         slot_doc: np.ndarray,
         params: Params | None = None,
+        empty: np.ndarray | None = None,
     ) -> LexicalIndex:
         """The index ``export`` described (arrays already validated: see ``snapshot.load``)."""
         index = cls(params)
@@ -450,7 +453,7 @@ class LexicalIndex:
             for tid, a, b in zip(pt[starts].tolist(), starts, ends):
                 index._p_slots[tid] = ps[a:b]
                 index._p_tfs[tid] = pf[a:b]
-        doc_slots: dict[int, list[int]] = {}
+        doc_slots: dict[int, list[int]] = {doc: [] for doc in (empty.tolist() if empty is not None else [])}
         for slot, doc in enumerate(index._slot_doc.tolist()):
             doc_slots.setdefault(doc, []).append(slot)
         index._doc_slots = doc_slots
