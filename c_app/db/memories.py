@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, inspect, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Memory, MemoryChange, utcnow
@@ -54,7 +54,7 @@ async def add(
     similar_questions: list[str] | None = None,
     external_id: str | None = None,
     meta: dict[str, Any] | None = None,
-    tokens: str | None = None,
+    tokens: bytes | None = None,
 ) -> Memory:
     now = utcnow()
     row = Memory(
@@ -77,8 +77,16 @@ async def add(
     return row
 
 
+def _stale_terms(memory: Memory) -> None:
+    """Clear the stored terms of a changed row unless new ones were set with the change (they may
+    describe the old text; the next search analyses it again)."""
+    if not inspect(memory).attrs.tokens.history.added:
+        memory.tokens = None
+
+
 async def touch(db: AsyncSession, memory: Memory) -> None:
     """Record that an existing row was changed (call after mutating it)."""
+    _stale_terms(memory)
     memory.updated_at = utcnow()
     await db.flush()
     _log(db, memory)
@@ -118,25 +126,16 @@ async def list_for_owner(
 
 
 async def ranking_rows(db: AsyncSession, *, scopes: Sequence[str], owner_id: str) -> list[Any]:
-    """One owner's memories of some scopes as what ranking reads: id, scope, stored terms, and the
-    text they were analysed from (to tell stale terms), in id order."""
+    """One owner's memories of some scopes as what ranking reads: id, scope and stored terms, in id order."""
     query = (
-        select(
-            Memory.id,
-            Memory.scope,
-            Memory.tokens,
-            Memory.question,
-            Memory.similar_questions,
-            Memory.content,
-            Memory.title,
-        )
+        select(Memory.id, Memory.scope, Memory.tokens)
         .where(Memory.scope.in_(list(scopes)), Memory.owner_id == owner_id)
         .order_by(Memory.id)
     )
     return list((await db.execute(query)).all())
 
 
-async def store_tokens(db: AsyncSession, tokens: dict[int, str]) -> None:
+async def store_tokens(db: AsyncSession, tokens: dict[int, bytes]) -> None:
     """Save rows' analysed terms (not a change of the memory: nothing is logged)."""
     for memory_id, value in tokens.items():
         await db.execute(
@@ -244,6 +243,7 @@ async def touch_many(db: AsyncSession, memories: Sequence[Memory]) -> None:
         return
     now = utcnow()
     for memory in memories:
+        _stale_terms(memory)
         memory.updated_at = now
     await db.flush()
     changes = [

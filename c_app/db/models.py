@@ -133,9 +133,9 @@ class Memory(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    # The analysed terms it is ranked on (JSON, see services/index_sync.py `stored_terms`); NULL
-    # until first analysed. Private and chat memories: read per request instead of re-analysing.
-    tokens: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    # The analysed terms it is ranked on (records, see retrieval/stored.py); NULL until analysed.
+    # Private and chat memories: read per request instead of re-analysing the text.
+    tokens: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
     __table_args__ = (
         Index("ix_memories_scope_owner_id", "scope", "owner_id", "id"),

@@ -77,7 +77,7 @@ class Params:
 def analyse(questions: list[str], body: str, params: Params | None = None) -> list[Unit]:
     """The units a doc is indexed as: each question's term counts (weight 1) and the body's
     (``body_weight``; 1 when there is no question). What ``upsert`` analyses, and what a caller
-    may store to ``rank`` the doc later without analysing it again."""
+    may store (``stored.encode``) to rank the doc later without analysing it again."""
     units: list[Unit] = []
     for q in questions:
         counts = _counts(q)
@@ -95,60 +95,6 @@ def unit_length(counts: dict[str, int], params: Params | None = None) -> float:
     """A unit's kind-weighted length (BM25's document length), as ``LexicalIndex`` counts it."""
     kind_weight = (params or Params()).kind_weight
     return float(sum(kind_weight[term[0]] * tf for term, tf in counts.items()))
-
-
-def rank(
-    docs: list[tuple[int, list[Unit]]], query: str, limit: int = 5, params: Params | None = None
-) -> list[tuple[int, float]]:
-    """``LexicalIndex.search`` over ``docs`` (already analysed units, see ``analyse``) without
-    building an index: the same statistics and scores as an index holding exactly these docs,
-    from the postings of the query's terms only. For small sets ranked once (one user's memories,
-    read per request)."""
-    p = params or Params()
-    if limit <= 0 or not docs:
-        return []
-    counts = _query_counts(query[:MAX_TEXT_CHARS])
-    if not counts:
-        return []
-    slot_doc: list[int] = []
-    unit_w: list[float] = []
-    dls: list[float] = []
-    postings: dict[str, tuple[list[int], list[int]]] = {term: ([], []) for term, _ in counts}
-    for doc_id, units in docs:
-        for unit_counts, weight in units:
-            slot = len(slot_doc)
-            slot_doc.append(doc_id)
-            unit_w.append(weight)
-            dls.append(unit_length(unit_counts, p))
-            for term, (slots, tfs) in postings.items():
-                tf = unit_counts.get(term)
-                if tf:
-                    slots.append(slot)
-                    tfs.append(tf)
-    n = len(slot_doc)
-    if not n:
-        return []
-    known = [(term, c) for term, c in counts if postings[term][0]]
-    unknown = [(term, c) for term, c in counts if not postings[term][0]]
-    prior = p.prior_docs
-    return _rank(
-        p,
-        kw=np.array([p.kind_weight[t[0]] for t, _ in known], dtype=np.float64),
-        df=np.array([len(postings[t][0]) for t, _ in known], dtype=np.float64),
-        bg=np.array([background.doc_prob(t) for t, _ in known], dtype=np.float64),
-        qtf=np.array([c for _, c in known], dtype=np.float64),
-        unknown=[(p.kind_weight[t[0]], background.doc_prob(t), c) for t, c in unknown],
-        n_docs=prior + n,
-        avgdl=max(sum(dls) / n, 1e-9),
-        dl=np.array(dls, dtype=np.float32),
-        postings=[
-            (np.array(postings[t][0], dtype=np.int32), np.array(postings[t][1], dtype=np.float32))
-            for t, _ in known
-        ],
-        unit_w=np.array(unit_w, dtype=np.float32),
-        slot_doc=np.array(slot_doc, dtype=np.int64),
-        limit=limit,
-    )
 
 
 def _idf(
@@ -175,7 +121,7 @@ def _rank(
     slot_doc: np.ndarray,
     limit: int,
 ) -> list[tuple[int, float]]:
-    """The scoring both ``LexicalIndex._search`` and ``rank`` end in: the query's known terms
+    """The scoring both ``LexicalIndex._search`` and ``stored.rank`` end in: the query's known terms
     (kind weight, document frequency, background probability, count; their postings), the
     unknown ones ``(kind weight, background probability, count)``, and the units' lengths,
     weights and docs."""
@@ -459,6 +405,8 @@ class LexicalIndex:
                 "cnt": cnt.astype("<i4"),
                 "unit_w": self._unit_w[slots].astype("<f4"),
                 "slot_doc": self._slot_doc[slots].astype("<i8"),
+                # Docs indexed with no unit at all (text that normalises to nothing): still held.
+                "empty": np.array(sorted(d for d, s in self._doc_slots.items() if not s), dtype="<i8"),
             }
 
     @classmethod
@@ -471,6 +419,7 @@ class LexicalIndex:
         unit_w: np.ndarray,
         slot_doc: np.ndarray,
         params: Params | None = None,
+        empty: np.ndarray | None = None,
     ) -> LexicalIndex:
         """The index ``export`` described (arrays already validated: see ``snapshot.load``)."""
         index = cls(params)
@@ -504,7 +453,7 @@ class LexicalIndex:
             for tid, a, b in zip(pt[starts].tolist(), starts, ends):
                 index._p_slots[tid] = ps[a:b]
                 index._p_tfs[tid] = pf[a:b]
-        doc_slots: dict[int, list[int]] = {}
+        doc_slots: dict[int, list[int]] = {doc: [] for doc in (empty.tolist() if empty is not None else [])}
         for slot, doc in enumerate(index._slot_doc.tolist()):
             doc_slots.setdefault(doc, []).append(slot)
         index._doc_slots = doc_slots

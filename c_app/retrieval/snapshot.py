@@ -30,7 +30,18 @@ from .index import LexicalIndex, Params
 from .text import BIGRAM, CHAR, USER_DICT_PATH, WORD
 
 FORMAT_VERSION = 1
-_FIELDS = {"version", "analyzer", "terms", "term_len", "flat_t", "flat_tf", "cnt", "unit_w", "slot_doc"}
+_FIELDS = {
+    "version",
+    "analyzer",
+    "terms",
+    "term_len",
+    "flat_t",
+    "flat_tf",
+    "cnt",
+    "unit_w",
+    "slot_doc",
+    "empty",
+}
 _KINDS = {WORD, CHAR, BIGRAM}
 
 
@@ -89,6 +100,7 @@ def load(blob: bytes, checksum: str, params: Params | None = None) -> LexicalInd
             cnt = _array(data, "cnt", "<i4")
             unit_w = _array(data, "unit_w", "<f4")
             slot_doc = _array(data, "slot_doc", "<i8")
+            empty = _array(data, "empty", "<i8")
     except SnapshotError:
         raise
     except Exception as exc:
@@ -108,9 +120,11 @@ def load(blob: bytes, checksum: str, params: Params | None = None) -> LexicalInd
         raise SnapshotError("a term count out of range")
     if len(unit_w) and not (np.isfinite(unit_w).all() and (unit_w > 0).all() and (unit_w <= 1).all()):
         raise SnapshotError("a unit weight outside (0, 1]")
-    if len(slot_doc) and int(slot_doc.min()) < 1:
+    if (len(slot_doc) and int(slot_doc.min()) < 1) or (len(empty) and int(empty.min()) < 1):
         raise SnapshotError("a doc id out of range")
-    return LexicalIndex.from_arrays(terms, flat_t, flat_tf, cnt, unit_w, slot_doc, params)
+    if len(np.intersect1d(empty, slot_doc)) or len(np.unique(empty)) != len(empty):
+        raise SnapshotError("a doc both with and without terms")
+    return LexicalIndex.from_arrays(terms, flat_t, flat_tf, cnt, unit_w, slot_doc, params, empty)
 
 
 def _terms(blob: bytes, lengths: np.ndarray) -> list[str]:

@@ -33,15 +33,13 @@ writer pays for its own writes and bulk writes cannot pile up. The index has its
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -53,8 +51,8 @@ from ..db import snapshots
 from ..db.engine import Database
 from ..db.memories import PUBLIC
 from ..db.models import Memory
-from ..retrieval import LexicalIndex, analyze, snapshot
-from ..retrieval.index import Fields, Unit, analyse, rank
+from ..retrieval import LexicalIndex, analyze, snapshot, stored
+from ..retrieval.index import Fields, analyse
 from .dense_search import DenseSearch
 
 logger = logging.getLogger(__name__)
@@ -93,51 +91,36 @@ def index_fields(memory: Memory) -> tuple[list[str], str]:
     return _fields(memory.question, memory.similar_questions, memory.content, memory.title)
 
 
-def _digest(fields: Fields) -> str:
-    return hashlib.blake2b(json.dumps(fields, ensure_ascii=False).encode(), digest_size=12).hexdigest()
-
-
-def stored_terms(fields: Fields) -> str:
-    """A row's analysed units as stored in `memories.tokens`: JSON `{"k": analyzer key, "h": digest
-    of the text analysed, "u": [[weight, {term: count}], ...]}`."""
-    units = analyse(*fields)
-    data = {"k": snapshot.analyzer_key(), "h": _digest(fields), "u": [[w, c] for c, w in units]}
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-def units_of(tokens: str | None, fields: Fields) -> list[Unit] | None:
-    """The units in stored terms, or None when they are missing, unreadable, from another analyzer
-    or from other text than `fields` (an edit that did not store new terms): analyse again."""
-    if not tokens:
-        return None
-    try:
-        data = json.loads(tokens)
-        if data["k"] != snapshot.analyzer_key() or data["h"] != _digest(fields):
-            return None
-        units = [(counts, float(w)) for w, counts in data["u"]]
-    except (ValueError, TypeError, KeyError):
-        return None
-    if not all(isinstance(c, dict) and 0 < w <= 1 for c, w in units):
-        return None
-    return units
+def stored_terms(fields: Fields) -> bytes:
+    """A row's analysed terms as stored in `memories.tokens` (`retrieval.stored`; a write that
+    changes the row's text without storing new terms clears them: `db.memories.touch`)."""
+    return stored.encode(analyse(*fields))
 
 
 def _rank_rows(
-    rows: list[Any], scopes: list[str], query: str, limit: int
-) -> tuple[list[tuple[str, int, float]], dict[int, str]]:
-    """Rank one user's rows per scope (worker thread); also the terms of rows that had to be
-    analysed again, to store."""
-    fresh: dict[int, str] = {}
-    docs: dict[str, list[tuple[int, list[Unit]]]] = {scope: [] for scope in scopes}
+    rows: list[Any], texts: dict[int, Fields], scopes: list[str], query: str, limit: int
+) -> tuple[list[tuple[str, int, float]], dict[int, bytes]]:
+    """Rank one user's rows per scope (worker thread); rows without usable stored terms are
+    analysed from `texts`, and their terms returned, to store."""
+    fresh: dict[int, bytes] = {}
+    docs: dict[str, list[tuple[int, bytes]]] = {scope: [] for scope in scopes}
     for row in rows:
-        fields = _fields(row.question, row.similar_questions, row.content, row.title)
-        units = units_of(row.tokens, fields)
-        if units is None:
-            fresh[row.id] = stored_terms(fields)
-            units = units_of(fresh[row.id], fields) or []
-        docs[row.scope].append((row.id, units))
-    ranked = [(scope, doc, score) for scope in scopes for doc, score in rank(docs[scope], query, limit)]
+        blob = row.tokens
+        if not stored.usable(blob):
+            if row.id not in texts:  # removed since it was read
+                continue
+            blob = fresh[row.id] = stored_terms(texts[row.id])
+        docs[row.scope].append((row.id, blob))
+    ranked = [
+        (scope, doc, score) for scope in scopes for doc, score in stored.rank(docs[scope], query, limit)
+    ]
     return ranked, fresh
+
+
+class _Stored(NamedTuple):
+    id: int
+    scope: str
+    tokens: bytes | None
 
 
 def _upsert_all(index: LexicalIndex, docs: list[tuple[int, Fields]]) -> None:
@@ -446,15 +429,24 @@ class IndexSync:
         as (scope, doc, score): one trip to a worker thread for all of them."""
         scopes = list(scopes)
         rows: list[Any] = []
+        texts: dict[int, Fields] = {}
         if scopes:
             async with self.db.read() as session:
                 rows = await repo.ranking_rows(session, scopes=scopes, owner_id=owner_id)
+                # Rows whose terms are missing, another analyzer's or damaged: their text, to analyse now.
+                stale = {row.id for row in rows if not stored.usable(row.tokens)}
+                if not stored.valid_values([(row.id, row.tokens) for row in rows if row.id not in stale]):
+                    stale = {row.id for row in rows}
+                    rows = [_Stored(row.id, row.scope, None) for row in rows]
+                if stale:
+                    found = await repo.get_many(session, sorted(stale))
+                    texts = {m.id: index_fields(m) for m in found.values()}
         pool = max(limit * 4, 20) if self.dense is not None else limit  # DenseSearch.search's pool
 
         def search_all(
             query: str,
-        ) -> tuple[list[tuple[str, int, float]], dict[int, str], list[tuple[int, float]]]:
-            mine, fresh = _rank_rows(rows, scopes, query, limit)
+        ) -> tuple[list[tuple[str, int, float]], dict[int, bytes], list[tuple[int, float]]]:
+            mine, fresh = _rank_rows(rows, texts, scopes, query, limit)
             return mine, fresh, self.public_index.search(query, pool)
 
         ranked, fresh, public = await self._searching(search_all, query)
@@ -466,11 +458,11 @@ class IndexSync:
             )
         return [*ranked, *[(PUBLIC, doc, score) for doc, score in public]]
 
-    async def terms(self, fields: Fields) -> str:
+    async def terms(self, fields: Fields) -> bytes:
         """`stored_terms(fields)`, analysed in a worker thread (for a write to store with its row)."""
         return await self._off_loop(stored_terms, fields)
 
-    async def _store_terms(self, fresh: dict[int, str]) -> None:
+    async def _store_terms(self, fresh: dict[int, bytes]) -> None:
         """Keep the terms of rows analysed on a search (written before terms were stored, or by
         another analyzer), so the next search reads them."""
         try:

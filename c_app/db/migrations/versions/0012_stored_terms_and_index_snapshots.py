@@ -1,6 +1,6 @@
 """stored analysed terms on memories, and index snapshots for replicas to start from
 
-memories.tokens holds a row's analysed terms (JSON), so a user's private and chat memories are
+memories.tokens holds a row's analysed terms (fixed-size records, c_app/retrieval/stored.py), so a user's private and chat memories are
 ranked per request from their rows without re-analysis; NULL rows (all existing ones) are analysed
 lazily on their first search and written back. index_snapshots holds the knowledge-base index as
 plain arrays with the change-log sequence number it covers.
@@ -20,7 +20,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("memories") as batch:
-        batch.add_column(sa.Column("tokens", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("tokens", sa.LargeBinary(), nullable=True))
     op.create_table(
         "index_snapshots",
         sa.Column("name", sa.String(length=32), nullable=False),
