@@ -24,6 +24,8 @@ NOT_JSON = {
     ("GET", "/api/v1/admin/knowledge/export"),  # a jsonl or csv file
     ("GET", "/api/v1/admin/customers/{user_id}/export"),  # a zip archive
     ("GET", "/metrics"),  # Prometheus' text format
+    ("GET", "/api/v1/chat/session/{session_id}/events"),  # Server-Sent Events (a customer's live events)
+    ("GET", "/api/v1/agent/events"),  # Server-Sent Events (an agent's live events)
 }
 API_DIR = Path(__file__).resolve().parent.parent / "c_app" / "api"
 

@@ -29,6 +29,7 @@ PUBLIC = {
     ("GET", "/health"),
     ("GET", "/api/v1/chat/health"),
     ("GET", "/v1/models"),
+    ("GET", "/ready"),  # the load balancer's readiness probe: this replica's checks, nobody's data
 }
 # Routes any signed-in caller may call: aggregate figures, nobody's data.
 ANY_SIGNED_IN = {("GET", "/api/v1/chat/stats")}
