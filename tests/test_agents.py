@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from c_app.db.models import AuditEntry, ChatSession, Handoff, HandoffNote, Message
+from c_app.db.models import AuditEntry, ChatSession, Handoff, HandoffNote, LiveEvent, Message
 
 from .utils import answer_text, assert_envelope, chat_body, count, rows
 
@@ -358,3 +358,21 @@ async def test_an_agents_first_requests_at_once(client):
     assert [a.status_code for a in answers] == [200] * 6
     listed = (await client.get(f"{AGENT}/agents", headers=A1)).json()["data"]["agents"]
     assert [a["agent_id"] for a in listed] == ["a1"]
+
+
+async def test_erasing_a_customer_removes_their_hand_offs_and_live_events(start_app):
+    app, client = await start_app(agent_assignment="claim", admin_token="admin-token-0123456789")
+    await online(client, A1)
+    await client.post(STREAM, json=chat_body("转人工"))
+    await client.post(f"{AGENT}/sessions/{SESSION}/claim", headers=A1)
+    await client.post(f"{AGENT}/sessions/{SESSION}/messages", json={"content": "您的地址是？"}, headers=A1)
+    await client.post(
+        f"{AGENT}/sessions/{SESSION}/messages", json={"content": "备注", "internal": True}, headers=A1
+    )
+    assert await count(app, LiveEvent, LiveEvent.session_id == SESSION) > 0
+    erased = await client.delete(
+        "/api/v1/admin/customers/user123", headers={"Authorization": "Bearer admin-token-0123456789"}
+    )
+    assert erased.status_code == 200, erased.text
+    assert await count(app, Handoff) == 0 and await count(app, HandoffNote) == 0
+    assert await count(app, LiveEvent, LiveEvent.session_id == SESSION) == 0

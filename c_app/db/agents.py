@@ -309,7 +309,14 @@ async def totals(db: AsyncSession) -> dict[str, Any]:
 async def add_event(
     db: AsyncSession, *, channel: str, type: str, payload: dict[str, Any], at: datetime
 ) -> LiveEvent:
-    row = LiveEvent(channel=channel, type=type, payload=payload, created_at=at)
+    about = payload.get("session_id")
+    row = LiveEvent(
+        channel=channel,
+        session_id=about if isinstance(about, str) else None,
+        type=type,
+        payload=payload,
+        created_at=at,
+    )
     db.add(row)
     await db.flush()
     return row
@@ -337,6 +344,13 @@ async def prune_events(db: AsyncSession, before: datetime) -> int:
 
 async def delete_events(db: AsyncSession, channel: str) -> int:
     return _rowcount(await db.execute(delete(LiveEvent).where(LiveEvent.channel == channel)))
+
+
+async def delete_session_events(db: AsyncSession, session_ids: Sequence[str]) -> int:
+    """The live events about these sessions (a customer's erasure: they carry message text)."""
+    if not session_ids:
+        return 0
+    return _rowcount(await db.execute(delete(LiveEvent).where(LiveEvent.session_id.in_(list(session_ids)))))
 
 
 async def request_stop(db: AsyncSession, session_id: str, at: datetime) -> None:

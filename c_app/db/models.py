@@ -334,6 +334,8 @@ class LiveEvent(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(200))
+    # The session the event is about (customer erasure removes its events), when it is about one.
+    session_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -341,6 +343,7 @@ class LiveEvent(Base):
     __table_args__ = (
         Index("ix_live_events_channel_id", "channel", "id"),
         Index("ix_live_events_created_at", "created_at"),
+        Index("ix_live_events_session_id", "session_id"),
     )
 
 

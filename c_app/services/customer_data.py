@@ -39,6 +39,7 @@ import anyio
 from limits.errors import StorageError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db import agents as agents_repo
 from ..db import customers as repo
 from ..db import tickets as tickets_repo
 from ..db.memories import CHAT, PRIVATE
@@ -249,6 +250,8 @@ class CustomerDataService:
             names = await repo.delete_uploads(db, user_id)
             events = await repo.delete_moderation_events(db, user_id)
             tickets = await tickets_repo.delete_for_user(db, user_id)
+            # The live events about the sessions (agents' and the customer's messages; issue 10).
+            await agents_repo.delete_session_events(db, session_ids)
             # Files go before the commit: should the commit fail, the rows remain (a retry finishes the
             # job), whereas files left behind by a committed erasure would be known to nobody.
             files = await anyio.to_thread.run_sync(self._remove_files, names)

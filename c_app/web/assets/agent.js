@@ -455,7 +455,7 @@ async function deleteCanned(reply) {
 function insertCanned(reply) {
   // Replaces the "/shortcut" being typed (or inserts at the caret when picked from the list).
   const value = ui.reply.value;
-  const match = /(^|\s)\/[\w-]*$/u.exec(value.slice(0, ui.reply.selectionStart));
+  const match = /(^|\s)\/[\p{L}\p{N}_-]*$/u.exec(value.slice(0, ui.reply.selectionStart));
   if (match) {
     const start = match.index + match[1].length;
     ui.reply.value = value.slice(0, start) + reply.content + value.slice(ui.reply.selectionStart);
@@ -474,7 +474,7 @@ function hideSuggestions() {
 
 function showSuggestions() {
   const before = ui.reply.value.slice(0, ui.reply.selectionStart);
-  const match = /(?:^|\s)\/([\w-]*)$/u.exec(before);
+  const match = /(?:^|\s)\/([\p{L}\p{N}_-]*)$/u.exec(before);
   if (!match) return hideSuggestions();
   const typed = match[1].toLowerCase();
   state.suggestions = usableCanned().filter((c) => c.shortcut.toLowerCase().startsWith(typed));

@@ -83,6 +83,7 @@ def upgrade() -> None:
         "live_events",
         sa.Column("id", BigIntPK, autoincrement=True, nullable=False),
         sa.Column("channel", sa.String(length=200), nullable=False),
+        sa.Column("session_id", sa.String(length=128), nullable=True),
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -90,6 +91,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_live_events_channel_id", "live_events", ["channel", "id"])
     op.create_index("ix_live_events_created_at", "live_events", ["created_at"])
+    op.create_index("ix_live_events_session_id", "live_events", ["session_id"])
     op.create_table(
         "stop_requests",
         sa.Column("session_id", sa.String(length=128), nullable=False),
