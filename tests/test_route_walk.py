@@ -27,6 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthW
 PUBLIC = {
     ("GET", "/"),
     ("GET", "/health"),
+    ("GET", "/ready"),  # readiness for load balancers and orchestrators: check states only
     ("GET", "/api/v1/chat/health"),
     ("GET", "/v1/models"),
     ("GET", "/ready"),  # the load balancer's readiness probe: this replica's checks, nobody's data

@@ -21,12 +21,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..config import Settings
 from ..schemas.system import Readiness, ReadinessChecks
 from ..security.rate_limit import RateLimits
 from ..services.chat_service import ChatService
@@ -116,7 +116,7 @@ async def ready(request: Request, response: Response) -> Readiness:
     )
 
 
-def replica_name(settings: Any) -> str:
+def replica_name(settings: Settings) -> str:
     """REPLICA_ID, or the host name (a container's is its id)."""
     return str(settings.replica_id or socket.gethostname())
 
