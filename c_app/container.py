@@ -31,6 +31,7 @@ from .privacy.masking import MaskingEngine
 from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
 from .retrieval.text import set_cache_dir
+from .services.answer_decision import build_decider
 from .services.audit_service import AuditService
 from .services.chat_service import ChatService
 from .services.console_service import ConsoleService
@@ -181,6 +182,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         build_engine(settings),
         sends_images=sends_images,
         sensitive=build_sensitive(settings),
+        decider=build_decider(settings),
     )
     audit = AuditService(db)
     knowledge = KnowledgeService(sync, settings)
