@@ -217,6 +217,9 @@ class HitTestResult(BaseModel):
     answered: bool
     answer_id: int | None
     hits: list[HitTestHit]
+    decision: str = ""  # answer | clarify | none: what a chat turn would do (issue 11)
+    confidence: float = 0.0  # the decision model's P(the top entry is right)
+    choice_ids: list[int] = []  # the entries a clarify would offer, in order
 
 
 class PrivateMemoryOut(BaseModel):

@@ -440,7 +440,12 @@ class KnowledgeService:
         """Why an entry is (or is not) found: the analysed query, the ranked hits, and the verdict."""
         hits = await self.search(query, limit=limit)
         threshold = self.answer_threshold
-        answered = bool(hits) and hits[0].score >= threshold
+        # What a chat turn would do: the decision model's verdict (the score rule when ANSWER_THRESHOLD is set).
+        decision = self.decider.decide(query, hits)
+        if self.settings.answer_threshold is None:
+            answered = decision.outcome == "answer"
+        else:
+            answered = bool(hits) and hits[0].score >= threshold
         async with self.db.read() as db:
             rows = await repo.get_many(db, [hit.id for hit in hits])
         return {
@@ -448,7 +453,12 @@ class KnowledgeService:
             **self.sync.explain(query),
             "threshold": threshold,
             "answered": answered,
-            "answer_id": hits[0].id if answered else None,
+            "answer_id": (decision.entries[0].id if decision.outcome == "answer" else hits[0].id)
+            if answered
+            else None,
+            "decision": decision.outcome,
+            "confidence": round(decision.confidence, 4),
+            "choice_ids": [hit.id for hit in decision.entries] if decision.outcome == "clarify" else [],
             "hits": [
                 {
                     "id": hit.id,
