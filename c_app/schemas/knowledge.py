@@ -162,7 +162,8 @@ class GoldenQuestionIn(BaseModel):
 
 
 class GoldenRequest(BaseModel):
-    questions: list[GoldenQuestionIn] = Field(min_length=1, max_length=5000)
+    # Each is a search: an API call stays short; a longer file goes through `c-app eval` (up to 5,000).
+    questions: list[GoldenQuestionIn] = Field(min_length=1, max_length=200)
     min_right: float = Field(default=0.8, ge=0, le=1)
 
 
