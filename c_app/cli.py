@@ -26,6 +26,7 @@ import anyio
 from .config import Settings, get_settings
 from .container import build_services
 from .errors import AppError
+from .services.golden import parse_golden
 from .services.knowledge_service import ImportReport, KnowledgeService
 
 # Exit statuses of `c-app import`.
@@ -73,9 +74,16 @@ async def run_import(settings: Settings, args: argparse.Namespace) -> int:
                 bar.refresh()
             bar.update(done)
 
+        golden = parse_golden(Path(args.golden).read_text(encoding="utf-8-sig")) if args.golden else None
         async with knowledge_service(settings) as knowledge:
             report = await knowledge.import_bytes(
-                data, filename=path.name, fmt=args.format, strict=args.strict, progress=advance
+                data,
+                filename=path.name,
+                fmt=args.format,
+                strict=args.strict,
+                progress=advance,
+                golden=golden,
+                min_right=args.min_right,
             )
     return _report(report)
 
@@ -88,11 +96,35 @@ def _report(report: ImportReport) -> int:
     if report.rejected:
         print(f"严格模式：{report.failed} 行数据有误，未导入任何条目")
         return EXIT_REJECTED
+    if report.gate is not None and report.gated:
+        print(
+            f"黄金问题正确率将为 {report.gate.right_rate:.1%}，低于 {report.gate.min_right:.1%}，未导入任何条目"
+        )
+        return EXIT_REJECTED
     print(
         f"新增 {report.created} 条，更新 {report.updated} 条，失败 {report.failed} 条，删除 {report.deleted} 条"
     )
     print(f"导入 {report.imported} 条，用时 {report.seconds:.2f} 秒，每秒 {report.rate:.0f} 条")
     return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+async def run_eval(settings: Settings, args: argparse.Namespace) -> int:
+    golden = parse_golden(Path(args.file).read_text(encoding="utf-8-sig"))
+    async with knowledge_service(settings, load_index=True) as knowledge:
+        report = await knowledge.evaluate_golden(golden, min_right=args.min_right)
+    for failure in report.failures:
+        got = "、".join(str(g) for g in failure["got"]) or "无"
+        print(
+            f"[{_OUTCOME_NAMES[failure['outcome']]}] {failure['question']}  应为 {failure['expected'] or '不作答'}，实得 {got}"
+        )
+    print(
+        f"共 {report.total} 题：答对 {report.right}，答错 {report.wrong}，反问 {report.clarified}，"
+        f"未命中 {report.missed}；正确率 {report.right_rate:.1%}（阈值 {report.min_right:.1%}）"
+    )
+    return EXIT_OK if report.passed else EXIT_REJECTED
+
+
+_OUTCOME_NAMES = {"wrong": "答错", "clarified": "反问", "missed": "未命中"}
 
 
 async def run_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="显示进度条（默认：终端中显示）",
     )
+    imp.add_argument("--golden", help="黄金问题集（JSONL）：导入后的正确率低于 --min-right 时不导入任何条目")
+    imp.add_argument(
+        "--min-right", type=float, default=0.8, help="与 --golden 一起使用的答对率阈值（默认 0.8）"
+    )
+
+    ev = commands.add_parser("eval", help="用黄金问题集评测当前知识库（低于阈值时退出码为 1）")
+    ev.add_argument("file", help='JSON Lines：每行 {"question": ..., "external_id": ...}')
+    ev.add_argument("--min-right", type=float, default=0.8, help="答对率阈值（默认 0.8）")
 
     exp = commands.add_parser("export", help="导出整个知识库")
     exp.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -189,7 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"migrate": run_migrate, "import": run_import, "export": run_export, "search": run_search}
+COMMANDS = {
+    "migrate": run_migrate,
+    "import": run_import,
+    "eval": run_eval,
+    "export": run_export,
+    "search": run_search,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,7 +70,11 @@ class Settings(BaseSettings):
     load_sample_kb: bool = True
     sample_kb_path: str | None = None
     chat_memory_limit: int = Field(default=200, ge=1)
-    answer_threshold: float | None = None  # None: the retrieval library's measured default
+    # Set: the hand-picked score rule (top score >= ANSWER_THRESHOLD, leading by ANSWER_MARGIN) decides
+    # instead of the fitted decision model (issue 11; kept to compare). None: the model decides.
+    answer_threshold: float | None = None
+    # The fitted decision model (bench/decision_fit.py writes one); None: the one shipped in the package.
+    decision_model_path: str | None = None
     # Answering from the customer's own memories ("根据您之前留下的信息") risks less than quoting a wrong
     # policy, and a statement matches a question about it less closely, so its bar is lower.
     memory_answer_threshold: float = Field(default=0.5, ge=0, le=1)

@@ -36,6 +36,7 @@ from .privacy.sensitive import SensitiveWords
 from .retrieval.dense import EmbeddingClient
 from .retrieval.text import set_cache_dir
 from .services.agent_service import AgentService
+from .services.answer_decision import build_decider
 from .services.audit_service import AuditService
 from .services.bus import EventBus, build_bus
 from .services.canned_service import CannedReplyService
@@ -208,6 +209,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         build_engine(settings),
         sends_images=sends_images,
         sensitive=build_sensitive(settings),
+        decider=build_decider(settings),
     )
     audit = AuditService(db)
     knowledge = KnowledgeService(sync, settings)

@@ -224,7 +224,9 @@ def test_admin_console_end_to_end(server: tuple[str, str], page: Any) -> None:
     assert "24 个月" in ask(base_url, "customer_a", "会员积分多久会过期？")
 
     # Hit-testing: ranked entries with scores, and whether the responder would answer.
-    page.fill("#hit-query", "积分什么时候清零")
+    # (Not its similar question 积分什么时候清零: the sample entry kb-member-004 has it too, with
+    # another answer, and two answers matching equally are a clarify, issue 11.)
+    page.fill("#hit-query", "会员积分多久会过期？")
     page.click("#hit-form button[type=submit]")
     expect(page.locator("#hit-result .verdict")).to_have_attribute("data-answered", "true")
     expect(page.locator("#hit-result tbody tr").first).to_contain_text("会员积分多久会过期？")

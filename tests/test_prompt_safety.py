@@ -4,6 +4,7 @@ as quoted JSON data; the first system message is always ours (issue 5)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from c_app.engines.prompt import KNOWLEDGE_HEADER, SYSTEM_TEMPLATE
@@ -48,8 +49,12 @@ async def test_injection_stays_in_the_user_message_and_the_quoted_data(
     [request] = standin.requests
     messages = request["messages"]
 
-    # Ours first, unchanged by anything the customer or the knowledge base said.
-    assert messages[0] == {"role": "system", "content": SYSTEM_TEMPLATE.format(company="示例商城")}
+    # Ours first, unchanged by anything the customer or the knowledge base said: the rules, then
+    # this turn's knowledge-base decision, which names entries by id only (issue 11).
+    assert messages[0]["role"] == "system"
+    rules, _, note = messages[0]["content"].partition("\n本轮判断：")
+    assert rules == SYSTEM_TEMPLATE.format(company="示例商城")
+    assert re.fullmatch(r"[\u4e00-\u9fff，。：、 a-z0-9\-]*", note), note
     # The knowledge base (and memories) only inside the quoted JSON block of the second system message.
     assert messages[1]["role"] == "system"
     items = quoted_items(messages[1]["content"])

@@ -163,6 +163,7 @@ async def gap_rows(
             answer.feedback,
             answer.created_at,
             answer.feedback_at,
+            answer.chosen_entry_id,
             previous.label("previous_id"),
         )
         .where(answer.role == ASSISTANT, answer.created_at >= start, or_(*kinds))
@@ -177,6 +178,7 @@ async def gap_rows(
             answers.c.feedback,
             answers.c.created_at,
             answers.c.feedback_at,
+            answers.c.chosen_entry_id,
             question.content,
         )
         .join(question, question.id == answers.c.previous_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Message, utcnow
@@ -28,6 +28,8 @@ async def add(
     entry_id: int | None = None,
     agent_id: str | None = None,
     agent_name: str | None = None,
+    score: float | None = None,
+    choices: list[int] | None = None,
 ) -> Message:
     row = Message(
         session_id=session_id,
@@ -44,6 +46,8 @@ async def add(
         entry_id=entry_id,
         agent_id=agent_id,
         agent_name=agent_name,
+        score=score,
+        choices=choices,
         created_at=utcnow(),
     )
     db.add(row)
@@ -111,3 +115,8 @@ def set_feedback(row: Message, *, rating: str | None, comment: str | None, at: d
     row.feedback = rating
     row.feedback_comment = comment if rating is not None else None
     row.feedback_at = at if rating is not None else None
+
+
+async def record_choice(db: AsyncSession, message_id: int, entry_id: int) -> None:
+    """The customer picked `entry_id` among a clarified answer's choices."""
+    await db.execute(update(Message).where(Message.id == message_id).values(chosen_entry_id=entry_id))

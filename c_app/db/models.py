@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -100,6 +101,11 @@ class Message(Base):
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The knowledge-base entry an answer was built on (its first public source), for the figures.
     entry_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The knowledge-base decision (migration 0010): the turn's best knowledge-base score, the entry
+    # ids a clarified answer offered (best first), and the one the customer then picked.
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    choices: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    chosen_entry_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The customer's rating of an answer: "like" | "dislike" | None (not rated, or cleared).
     feedback: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -54,6 +54,7 @@ class Hit:
     category: str = ""
     grounded: bool = True  # false for a past answer that came from nowhere: it is not repeated
     created_at: datetime | None = None
+    similar: tuple[str, ...] = ()  # a knowledge-base entry's similar questions
 
     @property
     def ref(self) -> str:
@@ -109,6 +110,21 @@ async def _no_remember(fact: str) -> int | None:
     return None
 
 
+# What the knowledge-base decision (services/answer_decision.py) made of a turn's hits.
+ANSWER, CLARIFY, DECLINE = "answer", "clarify", "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """answer: `entries` is the one entry to answer from; clarify: the 1-3 entries to offer
+    (best first); none: the knowledge base has nothing for it (say so, offer a person)."""
+
+    outcome: str  # ANSWER | CLARIFY | DECLINE
+    entries: tuple[Hit, ...] = ()
+    confidence: float = 0.0  # the model's P(the top entry is right)
+    picked: bool = False  # the customer chose this entry among the previous answer's choices
+
+
 @dataclass(slots=True)
 class TurnContext:
     user_id: str
@@ -120,6 +136,8 @@ class TurnContext:
     images: list[str] = field(default_factory=list)
     search: Callable[[str], Awaitable[list[Hit]]] = _no_search
     remember: Callable[[str], Awaitable[int | None]] = _no_remember
+    # The knowledge-base decision on `hits` (None: the engine decides from the scores alone).
+    decision: Decision | None = None
 
 
 class Engine(Protocol):

@@ -12,10 +12,13 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from .base import (
+    ANSWER,
     CHAT,
+    CLARIFY,
     HANDOFF_MESSAGE,
     PRIVATE,
     PUBLIC,
+    Decision,
     Delta,
     EngineEvent,
     Handoff,
@@ -95,7 +98,7 @@ class KnowledgeBaseResponder:
             yield Meta(outcome="smalltalk")
             return
 
-        answer, used, outcome = self.compose(turn.hits)
+        answer, used, outcome = self.compose(turn.hits, turn.decision)
         if used:
             yield Sources(hits=used)
         for piece in pieces(answer):
@@ -105,8 +108,15 @@ class KnowledgeBaseResponder:
     async def aclose(self) -> None:
         """Nothing to release: the responder holds no connection."""
 
-    def compose(self, hits: Sequence[Hit]) -> tuple[str, list[Hit], str]:
-        """The answer text, the hits it was built from, and the outcome (answered, clarified, no_match)."""
+    def compose(self, hits: Sequence[Hit], decision: Decision | None = None) -> tuple[str, list[Hit], str]:
+        """The answer text, the hits it was built from, and the outcome (answered, clarified, no_match).
+
+        With a decision (services/answer_decision.py) the knowledge base's part follows it: its
+        entry is answered, or its choices are offered (numbered, in the order the client shows
+        them) unless the customer's own memories answer confidently. Without one, the scores
+        decide: the best hit at or above the threshold, leading the runner-up by the margin."""
+        if decision is not None:
+            return self._compose_decided(hits, decision)
         best: dict[str, Hit] = {}
         for hit in hits:
             if hit.scope not in best or hit.score > best[hit.scope].score:
@@ -122,6 +132,25 @@ class KnowledgeBaseResponder:
             return self._answer_from(top), [top], "answered"
         suggestions = close_questions(hits, floor=self.threshold * 0.4, titles=True)
         return self._no_match(suggestions), [], "clarified" if suggestions else "no_match"
+
+    def _compose_decided(self, hits: Sequence[Hit], decision: Decision) -> tuple[str, list[Hit], str]:
+        if decision.outcome == ANSWER and decision.entries:
+            top = decision.entries[0]
+            return self._answer_from(top), [top], "answered"
+        for scope in (PRIVATE, CHAT):
+            own = max((h for h in hits if h.scope == scope), key=lambda h: h.score, default=None)
+            if own is not None and own.score >= self.memory_threshold and own.grounded:
+                return self._answer_from(own), [own], "answered"
+        if decision.outcome == CLARIFY and decision.entries:
+            return self._clarify([h.question or h.title for h in decision.entries]), [], "clarified"
+        return self._no_match(()), [], "no_match"
+
+    def _clarify(self, choices: Sequence[str]) -> str:
+        listed = "\n".join(f"{i}. {q}" for i, q in enumerate(choices, 1))
+        return (
+            f"您是不是想问：\n{listed}\n"
+            "请回复序号或点击问题，我马上为您解答；都不是的话，可以换个说法再问我，或者回复“转人工”。"
+        )
 
     @staticmethod
     def _runner_up(best: Hit, hits: Sequence[Hit]) -> float:

@@ -23,10 +23,15 @@ import openai
 from openai import AsyncOpenAI
 
 from .base import (
+    ANSWER,
+    CLARIFY,
     HANDOFF_MESSAGE,
+    PUBLIC,
+    Decision,
     Delta,
     EngineEvent,
     Handoff,
+    Hit,
     Meta,
     Sources,
     TurnContext,
@@ -38,6 +43,17 @@ from .prompt import build_messages
 logger = logging.getLogger(__name__)
 
 MIN_SOURCE_SCORE = 0.3
+
+
+def _outcome(decision: Decision | None, sources: list[Hit]) -> str:
+    """What the turn did, as the decision framed it (the customer's own memories can still answer
+    a turn the knowledge base declined)."""
+    if decision is None or decision.outcome == ANSWER:
+        return "answered"
+    if decision.outcome == CLARIFY:
+        return "clarified"
+    return "answered" if sources else "no_match"  # sources: the customer's own memories
+
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -131,8 +147,15 @@ class LLMResponder:
             history_budget=self.history_budget,
             text=turn.text,
             images=turn.images,
+            decision=turn.decision,
         )
+        decision = turn.decision
         sources = [hit for hit in turn.hits if hit.score >= MIN_SOURCE_SCORE]
+        if decision is not None:
+            # The knowledge base's part is the decision's: the entry to answer from, or none (a
+            # question back, or nothing matched); the customer's own memories are still cited.
+            answered = list(decision.entries) if decision.outcome == ANSWER else []
+            sources = answered + [hit for hit in sources if hit.scope != PUBLIC]
         if sources:
             yield Sources(hits=sources)
         usage = _Usage()
@@ -168,7 +191,7 @@ class LLMResponder:
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         yield Meta(
             engine=self.name,
-            outcome="answered",
+            outcome=_outcome(decision, sources),
             usage={
                 "model": self.model,
                 "prompt_tokens": usage.prompt_tokens,

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .base import PUBLIC, HistoryItem, Hit
+from .base import ANSWER, CLARIFY, PUBLIC, Decision, HistoryItem, Hit
 
 _MESSAGE_OVERHEAD = 4
 
@@ -48,6 +48,28 @@ def knowledge_block(hits: Sequence[Hit]) -> str:
     return KNOWLEDGE_HEADER + "```json\n" + json.dumps(items, ensure_ascii=False, indent=1) + "\n```"
 
 
+def decision_note(decision: Decision) -> str:
+    """What the knowledge-base decision tells the model to do this turn (answer from these
+    entries / ask which one / say it does not know and offer a person). It names entries by id
+    only: their text stays in the quoted data, where an instruction in it is not followed."""
+    if decision.outcome == ANSWER and decision.entries:
+        picked = "顾客在上一轮的选项中选择了这一条。" if decision.picked else ""
+        return (
+            f"本轮判断：{picked}参考资料 {decision.entries[0].ref} 与顾客的问题匹配，"
+            "请依据它作答，不要混入其他条目的内容。"
+        )
+    if decision.outcome == CLARIFY and decision.entries:
+        refs = "、".join(hit.ref for hit in decision.entries)
+        return (
+            f"本轮判断：顾客的问题不够明确，可能是指参考资料 {refs} 中的某一条。请不要猜测作答："
+            "先用一句话问顾客指的是哪一个，按此顺序编号列出这几条资料的 question，并说明回复序号即可。"
+        )
+    return (
+        "本轮判断：知识库中没有与这个问题相关的资料。请如实告诉顾客暂时无法确认，"
+        "不要编造任何政策、价格或时效，并提出可以为其转接人工客服。"
+    )
+
+
 def history_within(history: Sequence[HistoryItem], budget: int) -> list[dict[str, str]]:
     """The most recent messages that fit in `budget` tokens, oldest first (oldest dropped first)."""
     kept: list[dict[str, str]] = []
@@ -72,7 +94,10 @@ def build_messages(
     history_budget: int,
     text: str,
     images: Sequence[str],
+    decision: Decision | None = None,
 ) -> list[dict[str, Any]]:
+    """The model's messages; with a decision, the knowledge block says what to do with it (and,
+    when nothing matched, holds no knowledge-base entry to lean on)."""
     user: dict[str, Any]
     if images:
         content: list[dict[str, Any]] = [{"type": "text", "text": text or "请看图片。"}]
@@ -80,8 +105,13 @@ def build_messages(
         user = {"role": "user", "content": content}
     else:
         user = {"role": "user", "content": text}
+    if decision is not None and decision.outcome not in (ANSWER, CLARIFY):
+        hits = [hit for hit in hits if hit.scope != PUBLIC]
+    rules = SYSTEM_TEMPLATE.format(company=company)
+    if decision is not None:
+        rules += "\n" + decision_note(decision)
     return [
-        {"role": "system", "content": SYSTEM_TEMPLATE.format(company=company)},
+        {"role": "system", "content": rules},
         {"role": "system", "content": knowledge_block(hits)},
         *history_within(history, history_budget),
         user,

@@ -74,6 +74,12 @@ class MaskingEngine:
             images=turn.images,
             search=search,
             remember=remember,
+            # The decision's entries are hits too: the model sees them masked.
+            decision=(
+                dataclasses.replace(turn.decision, entries=tuple(mask_hits(list(turn.decision.entries))))
+                if turn.decision is not None
+                else None
+            ),
         )
 
         def original(hit: Hit) -> Hit:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .customer import Text
 from .history import MessageItem
-from .knowledge import QUESTION_MAX
+from .knowledge import ANSWER_MAX, CATEGORY_MAX, QUESTION_MAX, TITLE_MAX
 
 Outcome = Literal["answered", "clarified", "no_match", "handoff", "smalltalk", "blocked"]
 OUTCOME_NAMES: tuple[str, ...] = ("answered", "clarified", "no_match", "handoff", "smalltalk", "blocked")
 GapKind = Literal["all", "no_match", "clarified", "disliked", "handoff"]
+GapSort = Literal["recent", "count"]  # newest first, or most frequent first
 GAP_KINDS: tuple[str, ...] = ("no_match", "clarified", "disliked", "handoff")
 Rating = Literal["like", "dislike"]
 
@@ -83,6 +84,10 @@ class Gap(BaseModel):
     kinds: GapKinds
     last_at: str  # ISO time of the newest answer (or dislike) in the group
     suggested_entries: list[SuggestedEntry]
+    first_at: str = ""  # ISO time of the oldest answer in the group
+    examples: list[str] = []  # up to GAP_EXAMPLES other wordings grouped with it (paraphrases)
+    # The entry customers picked most often when this was clarified (pre-selects the resolve target).
+    chosen_entry_id: int | None = None
 
 
 class GapPage(BaseModel):
@@ -93,10 +98,22 @@ class GapPage(BaseModel):
 
 
 class ResolveGapRequest(BaseModel):
+    """Either `entry_id` (add the question as that entry's similar question) or `answer` (create a
+    new entry with the question and this answer; `title` and `category` optional)."""
+
     model_config = ConfigDict(str_strip_whitespace=True)
 
     question: Text = Field(min_length=1, max_length=QUESTION_MAX)
-    entry_id: int = Field(ge=1, le=2**63 - 1)
+    entry_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    answer: Text | None = Field(default=None, min_length=1, max_length=ANSWER_MAX)
+    title: Text = Field(default="", max_length=TITLE_MAX)
+    category: Text = Field(default="", max_length=CATEGORY_MAX)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ResolveGapRequest:
+        if (self.entry_id is None) == (self.answer is None):
+            raise ValueError("entry_id 与 answer 需且只需提供一个")
+        return self
 
 
 class OutcomeCounts(BaseModel):

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from .customer import BoundedMetadata, Text, bounded_json
 
@@ -124,6 +133,40 @@ class ImportRowError(BaseModel):
     error: str
 
 
+class GoldenFailure(BaseModel):
+    question: str
+    expected: str | None  # the external_id it should reach (None: it must not be answered)
+    outcome: str  # wrong | clarified | missed
+    got: list[str | None]  # the external_ids answered or offered
+
+
+class GateReportOut(BaseModel):
+    """The golden-question gate: how many were answered right, wrong, clarified or missed."""
+
+    total: int
+    right: int
+    wrong: int
+    clarified: int
+    missed: int
+    right_rate: float
+    min_right: float
+    passed: bool
+    failures: list[GoldenFailure]
+
+
+class GoldenQuestionIn(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    question: Text = Field(min_length=1, max_length=QUESTION_MAX)
+    external_id: Text | None = Field(default=None, max_length=EXTERNAL_ID_MAX)
+
+
+class GoldenRequest(BaseModel):
+    # Each is a search: an API call stays short; a longer file goes through `c-app eval` (up to 5,000).
+    questions: list[GoldenQuestionIn] = Field(min_length=1, max_length=200)
+    min_right: float = Field(default=0.8, ge=0, le=1)
+
+
 class ImportReportOut(BaseModel):
     created: int
     updated: int
@@ -132,6 +175,14 @@ class ImportReportOut(BaseModel):
     errors: list[ImportRowError]
     seconds: float
     entries_per_second: float
+    gate: GateReportOut | None = None  # with a golden file: the gate the import passed
+
+    @model_serializer(mode="wrap")
+    def _without_gate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("gate") is None:
+            data.pop("gate", None)  # an ungated import's report is as it was
+        return data
 
 
 class QueryTerm(BaseModel):
@@ -167,6 +218,9 @@ class HitTestResult(BaseModel):
     answered: bool
     answer_id: int | None
     hits: list[HitTestHit]
+    decision: str = ""  # answer | clarify | none: what a chat turn would do (issue 11)
+    confidence: float = 0.0  # the decision model's P(the top entry is right)
+    choice_ids: list[int] = []  # the entries a clarify would offer, in order
 
 
 class PrivateMemoryOut(BaseModel):

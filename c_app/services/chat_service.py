@@ -24,6 +24,10 @@ import anyio
 
 from ..config import Settings
 from ..engines.base import (
+    ANSWER,
+    CLARIFY,
+    PUBLIC,
+    Decision,
     Delta,
     Engine,
     Handoff,
@@ -46,6 +50,7 @@ from ..schemas.events import (
     SourcesEvent,
     SuggestionsEvent,
 )
+from .answer_decision import AnswerDecision, choice_text, picked_choice
 from .customer_data import forget_if_erased
 from .memory_service import MemoryService
 from .session_service import SessionGone, SessionService
@@ -151,6 +156,8 @@ class _Answer:
     status: str = "interrupted"
     handoff: bool = False
     outcome: str | None = None  # engines.base.OUTCOMES, or "blocked"
+    score: float | None = None  # the turn's best knowledge-base score
+    choices: list[int] | None = None  # the entries a clarified answer offered
 
     @property
     def final_outcome(self) -> str | None:
@@ -168,6 +175,7 @@ class ChatService:
         *,
         sends_images: bool = False,
         sensitive: SensitiveWords | None = None,
+        decider: AnswerDecision | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -176,6 +184,7 @@ class ChatService:
         self.engine = engine
         self.sends_images = sends_images
         self.sensitive = sensitive  # None: no sensitive-word list configured, no checks
+        self.decider = decider  # None: the engine decides from the scores (ANSWER_THRESHOLD set)
         # Turns being answered in this process, by session, so a stop request can end them.
         self._running: dict[str, set[asyncio.Event]] = {}
         # Human agents (issue 10) and stops across replicas; set by the container.
@@ -268,6 +277,8 @@ class ChatService:
         censor = listed.censor() if listed is not None else None
         try:
             hits = await self._search(turn.user_id, turn.text) if turn.text else []
+            hits, decision = await self._decide(turn, hits)
+            result.score = max((h.score for h in hits if h.scope == PUBLIC), default=None)
             context = TurnContext(
                 user_id=turn.user_id,
                 session_id=turn.session_id,
@@ -277,6 +288,7 @@ class ChatService:
                 images=await self._images_for_model(turn),
                 search=lambda query: self._search(turn.user_id, query),
                 remember=lambda fact: self._remember(turn, fact),
+                decision=decision,
             )
             stop = self._register(turn.session_id)
             watch = self.stops.watch(turn.session_id, stop) if self.stops is not None else None
@@ -313,21 +325,21 @@ class ChatService:
                         if self.agents is None:
                             yield HandoffEvent(message=event.message)
                             continue
-                        decision = await self.agents.hand_off(
+                        promised = await self.agents.hand_off(
                             session_id=turn.session_id,
                             user_id=turn.user_id,
                             reason="model" if result.engine != "knowledge_base" else "customer",
                             last_question=turn.text,
                             sources=result.sources or None,
                         )
-                        if decision.queued:
-                            promise = decision.text
+                        if promised.queued:
+                            promise = promised.text
                             yield HandoffEvent(message=event.message)
                         else:  # nobody is there: no "transferring you", but when people are back
                             swallow = event.message + "\n"
-                            result.text.append(decision.text)
-                            yield HandoffEvent(message=decision.text)
-                            yield DeltaEvent(text=decision.text)
+                            result.text.append(promised.text)
+                            yield HandoffEvent(message=promised.text)
+                            yield DeltaEvent(text=promised.text)
             finally:
                 self._unregister(turn.session_id, stop)
                 if watch is not None:
@@ -340,7 +352,14 @@ class ChatService:
                 yield DeltaEvent(text=tail)
             result.status = "interrupted" if stop.is_set() else finished_as
             if result.status != "interrupted":
-                questions = suggestions(hits, used=result.sources, asked=turn.text)
+                if decision is not None and decision.outcome == CLARIFY and result.outcome == "clarified":
+                    # The choices, in the order the answer numbered them: a click or "2" picks one.
+                    result.choices = [hit.id for hit in decision.entries]
+                    questions = [choice_text(hit) for hit in decision.entries]
+                elif decision is not None and decision.outcome not in (ANSWER, CLARIFY):
+                    questions = []  # nothing in the knowledge base is close: nothing to offer
+                else:
+                    questions = suggestions(hits, used=result.sources, asked=turn.text)
                 if listed is not None:  # a suggested question with a listed word would be blocked
                     questions = [q for q in questions if not listed.scan(q).hits]
                 if questions:
@@ -377,6 +396,30 @@ class ChatService:
             clock.finished(result.final_outcome, result.status)
         yield DeltaEvent(text=reply)
         yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
+
+    async def _decide(self, turn: Turn, hits: list[Hit]) -> tuple[list[Hit], Decision | None]:
+        """The knowledge-base decision on the turn's hits; a reply picking one of the previous
+        answer's choices (its number, or the clicked question) answers that entry."""
+        if not turn.text:
+            return hits, None
+        picked = await self._picked(turn)
+        if picked is not None:
+            return [picked, *(h for h in hits if h.id != picked.id)], Decision(
+                ANSWER, (picked,), 1.0, picked=True
+            )
+        return hits, self.decider.decide(turn.text, hits) if self.decider is not None else None
+
+    async def _picked(self, turn: Turn) -> Hit | None:
+        """The entry the customer picked among the choices of the answer just before, recorded
+        there (the pair: that answer's question -> this entry); None when they asked anew."""
+        rows = await self.sessions.recent_messages(turn.session_id, owner_id=turn.user_id, limit=2)
+        previous = next((r for r in reversed(rows) if r.id != turn.message_id), None)
+        if previous is None or previous.role != "assistant" or not previous.choices:
+            return None
+        hit = picked_choice(turn.text, await self.memory.entries(previous.choices))
+        if hit is not None:
+            await self.sessions.record_choice(previous.id, hit.id)
+        return hit
 
     async def _search(self, user_id: str, query: str) -> list[Hit]:
         with metrics.retrieval():
@@ -436,6 +479,8 @@ class ChatService:
                 handoff=result.handoff and self.agents is None,  # else the agent service set it
                 outcome=result.final_outcome,
                 entry_id=next((s["id"] for s in result.sources if s.get("type") == "public"), None),
+                score=result.score,
+                choices=result.choices,
             )
         except SessionGone:
             # Deleted, or the customer erased, while the answer streamed: nothing of it is kept.

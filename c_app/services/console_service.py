@@ -28,6 +28,7 @@ from ..db import sessions as sessions_repo
 from ..db.engine import Database
 from ..db.models import ChatSession, Memory
 from ..errors import NotFound
+from ..retrieval import LexicalIndex
 from ..retrieval.text import normalize
 from ..schemas.console import (
     OUTCOME_NAMES,
@@ -49,12 +50,16 @@ from ..schemas.console import (
     TurnStats,
 )
 from ..schemas.history import MessageItem
-from ..schemas.knowledge import KnowledgeEntryPatch
+from ..schemas.knowledge import KnowledgeEntryIn, KnowledgeEntryPatch
 from .knowledge_service import KnowledgeService
 
 logger = logging.getLogger(__name__)
 
-GAP_SCAN_LIMIT = 20_000  # newest problem answers read per gaps request (the grouping is in Python)
+GAP_SCAN_LIMIT = 20_000
+GAP_EXAMPLES = 3  # other wordings shown with a gap
+# Two gap questions are one need when each matches the other at least this well (the index's
+# calibrated score: share of the question's information the other one matches).
+PARAPHRASE_SCORE = 0.6  # newest problem answers read per gaps request (the grouping is in Python)
 SUGGESTIONS = 3
 SESSION_NOT_FOUND = "会话不存在"
 _GAP_OUTCOMES = ("no_match", "clarified", "handoff")
@@ -72,12 +77,67 @@ def day_range(days: int, *, now: datetime | None = None) -> tuple[datetime, list
 class _GapGroup:
     question: str
     last_at: datetime
+    first_at: datetime | None = None
     count: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    wordings: list[str] = field(default_factory=list)  # other wordings, newest first
+    chosen: dict[int, int] = field(default_factory=dict)  # entry picked after a clarify -> times
+
+    def absorb(self, other: _GapGroup) -> None:
+        self.count += other.count
+        self.last_at = max(self.last_at, other.last_at)
+        if other.first_at is not None:
+            self.first_at = other.first_at if self.first_at is None else min(self.first_at, other.first_at)
+        for name, n in other.kinds.items():
+            self.kinds[name] = self.kinds.get(name, 0) + n
+        for wording in (other.question, *other.wordings):
+            if wording != self.question and wording not in self.wordings:
+                self.wordings.append(wording)
+        for entry, n in other.chosen.items():
+            self.chosen[entry] = self.chosen.get(entry, 0) + n
+
+    @property
+    def chosen_entry_id(self) -> int | None:
+        return max(self.chosen, key=lambda e: (self.chosen[e], -e)) if self.chosen else None
 
 
-def _group_gaps(rows: list[dict[str, Any]], covered: set[str], kind: str) -> list[_GapGroup]:
-    """Rows (newest first) grouped by normalised question, without those the knowledge base covers."""
+def _matches(query: str, question: str) -> bool:
+    """`query` matches `question` at PARAPHRASE_SCORE or more (a one-question index: its scores are
+    calibrated on the general-Chinese background, see retrieval.index)."""
+    index = LexicalIndex()
+    index.upsert(0, [question])
+    found = index.search(query, 1)
+    return bool(found) and found[0][1] >= PARAPHRASE_SCORE
+
+
+def _merge_paraphrases(groups: list[_GapGroup]) -> list[_GapGroup]:
+    """Groups whose questions say the same thing in other words joined (the bigger keeps its
+    wording): each question is matched against the questions kept so far, in a lexical index of
+    their own, and joins the one it matches at PARAPHRASE_SCORE or more, both ways."""
+    index = LexicalIndex()
+    kept: list[_GapGroup] = []
+    for group in sorted(groups, key=lambda g: (-g.count, -g.last_at.timestamp())):
+        target = next(
+            (
+                kept[doc]
+                for doc, score in index.search(group.question, 3)
+                if score >= PARAPHRASE_SCORE and _matches(kept[doc].question, group.question)
+            ),
+            None,
+        )
+        if target is None:
+            index.upsert(len(kept), [group.question])
+            kept.append(group)
+        else:
+            target.absorb(group)
+    return kept
+
+
+def _group_gaps(
+    rows: list[dict[str, Any]], covered: set[str], kind: str, sort: str = "recent"
+) -> list[_GapGroup]:
+    """Rows (newest first) grouped by normalised question and then by paraphrase, without those
+    the knowledge base covers; newest first (sort="recent") or most frequent first ("count")."""
     groups: dict[str, _GapGroup] = {}
     for row in rows:
         question = (row["content"] or "").strip()
@@ -99,9 +159,18 @@ def _group_gaps(rows: list[dict[str, Any]], covered: set[str], kind: str) -> lis
             group = groups[key] = _GapGroup(question=question, last_at=at)  # newest wording first
         group.count += 1
         group.last_at = max(group.last_at, at)
+        group.first_at = (
+            row["created_at"] if group.first_at is None else min(group.first_at, row["created_at"])
+        )
         for name in kinds:
             group.kinds[name] = group.kinds.get(name, 0) + 1
-    return sorted(groups.values(), key=lambda g: g.last_at, reverse=True)
+        if row.get("chosen_entry_id") is not None:
+            entry = int(row["chosen_entry_id"])
+            group.chosen[entry] = group.chosen.get(entry, 0) + 1
+    merged = _merge_paraphrases(list(groups.values()))
+    if sort == "count":
+        return sorted(merged, key=lambda g: (g.count, g.last_at), reverse=True)
+    return sorted(merged, key=lambda g: g.last_at, reverse=True)
 
 
 def _covered(entries: list[tuple[str, list[str]]]) -> set[str]:
@@ -172,7 +241,7 @@ class ConsoleService:
 
     # -- gaps -----------------------------------------------------------------------------------
 
-    async def gaps(self, *, kind: str, days: int, page: int, page_size: int) -> GapPage:
+    async def gaps(self, *, kind: str, days: int, page: int, page_size: int, sort: str = "recent") -> GapPage:
         start, _ = day_range(days)
         outcomes: tuple[str, ...] = _GAP_OUTCOMES if kind == "all" else () if kind == "disliked" else (kind,)
         async with self.db.read() as db:
@@ -184,7 +253,7 @@ class ConsoleService:
             logger.info("gaps: only the newest %d problem answers were read", GAP_SCAN_LIMIT)
 
         def group() -> list[_GapGroup]:
-            return _group_gaps(rows, _covered(entries), kind)
+            return _group_gaps(rows, _covered(entries), kind, sort)
 
         groups = await anyio.to_thread.run_sync(group)
         chosen = groups[(page - 1) * page_size : page * page_size]
@@ -197,6 +266,9 @@ class ConsoleService:
                     count=g.count,
                     kinds=GapKinds(**g.kinds),
                     last_at=g.last_at.isoformat(),
+                    first_at=(g.first_at or g.last_at).isoformat(),
+                    examples=g.wordings[:GAP_EXAMPLES],
+                    chosen_entry_id=g.chosen_entry_id,
                     suggested_entries=[
                         SuggestedEntry(id=h.id, question=h.question or h.title, score=round(h.score, 4))
                         for h in hits
@@ -204,6 +276,15 @@ class ConsoleService:
                 )
             )
         return GapPage(total=len(groups), page=page, page_size=page_size, items=items)
+
+    async def resolve_gap_with_new_entry(
+        self, *, question: str, answer: str, title: str = "", category: str = ""
+    ) -> Memory:
+        """Create an entry for the gap's question (through KnowledgeService.create: every
+        replica's index follows, and the next customer asking it is answered from it)."""
+        return await self.knowledge.create(
+            KnowledgeEntryIn(question=question, answer=answer, title=title, category=category)
+        )
 
     async def resolve_gap(self, *, question: str, entry_id: int) -> tuple[Memory, bool]:
         """Add the question to the entry's similar questions (through KnowledgeService.update, so

@@ -29,6 +29,8 @@ from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from ..retrieval import DEFAULT_ANSWER_THRESHOLD
 from ..schemas.knowledge import KnowledgeEntryIn, KnowledgeEntryPatch, describe_errors
 from . import knowledge_formats as formats
+from .answer_decision import AnswerDecision, build_decider
+from .golden import GateReport, GoldenQuestion, score, trial_decisions
 from .index_sync import IndexSync, iter_scope
 from .memory_service import hits_for
 
@@ -89,6 +91,12 @@ class ImportReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     rejected: bool = False  # strict mode found bad rows, so nothing was written
     seconds: float = 0.0
+    gate: GateReport | None = None  # the golden-question gate, when the import was gated
+
+    @property
+    def gated(self) -> bool:
+        """The gate refused the import: nothing was written."""
+        return self.gate is not None and not self.gate.passed
 
     @property
     def imported(self) -> int:
@@ -108,6 +116,7 @@ class ImportReport:
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
             "entries_per_second": round(self.rate, 1),
+            **({"gate": self.gate.as_dict()} if self.gate is not None else {}),
         }
 
 
@@ -117,6 +126,9 @@ class KnowledgeService:
         self.db = sync.db
         self.settings = settings
         self.answer_threshold = answer_threshold(settings)
+        # The golden gate measures the decision model (the chat's, unless ANSWER_THRESHOLD brings back
+        # the score rule: then still the shipped model).
+        self.decider = build_decider(settings) or AnswerDecision()
         # Reading an import file (decode, parse, validate) is CPU work in proportion to the file:
         # in a worker thread, one import at a time (see IndexSync on threads and the GIL).
         self._import_limiter = anyio.CapacityLimiter(1)
@@ -264,8 +276,12 @@ class KnowledgeService:
         fmt: str | None = None,
         strict: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        golden: list[GoldenQuestion] | None = None,
+        min_right: float = 0.0,
     ) -> ImportReport:
-        """Import a file's content. fmt None: from the file name's extension."""
+        """Import a file's content. fmt None: from the file name's extension. With `golden`, the
+        import is written only if the knowledge base it would leave still answers at least
+        `min_right` of the golden questions right (report.gate; report.gated: refused)."""
         fmt = self.resolve_format(fmt, filename)
         document = posixpath.basename((filename or "").replace("\\", "/")) or "document.md"
 
@@ -278,7 +294,12 @@ class KnowledgeService:
             yield from formats.parse(text, fmt, document=document)
 
         return await self.import_rows(
-            rows(), strict=strict, progress=progress, document=document if fmt == "markdown" else None
+            rows(),
+            strict=strict,
+            progress=progress,
+            document=document if fmt == "markdown" else None,
+            golden=golden,
+            min_right=min_right,
         )
 
     @staticmethod
@@ -299,6 +320,8 @@ class KnowledgeService:
         strict: bool = False,
         progress: Callable[[int, int], None] | None = None,
         document: str | None = None,
+        golden: list[GoldenQuestion] | None = None,
+        min_right: float = 0.0,
     ) -> ImportReport:
         """Validate every row, then write the valid ones in batches (none at all if strict and any is bad).
 
@@ -328,6 +351,11 @@ class KnowledgeService:
             report.rejected = True
             report.seconds = time.perf_counter() - started
             return report
+        if golden is not None:
+            report.gate = await self.trial_golden(entries, golden, min_right=min_right)
+            if report.gated:
+                report.seconds = time.perf_counter() - started
+                return report
         batch = self.settings.import_batch_size
         for start in range(0, len(entries), batch):
             part = entries[start : start + batch]
@@ -349,6 +377,39 @@ class KnowledgeService:
             report.seconds,
         )
         return report
+
+    # -- golden questions -----------------------------------------------------------------------
+
+    async def evaluate_golden(self, golden: list[GoldenQuestion], *, min_right: float) -> GateReport:
+        """Run the golden questions against the live knowledge base, each decided as a chat turn."""
+        decisions = []
+        for item in golden:
+            hits = await self.search(item.question, limit=5)
+            async with self.db.read() as db:
+                rows = await repo.get_many(db, [hit.id for hit in hits])
+            external = {doc: row.external_id for doc, row in rows.items()}
+            decisions.append((self.decider.decide(item.question, hits), external))
+        return score(golden, decisions, min_right=min_right)
+
+    async def trial_golden(
+        self, entries: list[dict[str, Any]], golden: list[GoldenQuestion], *, min_right: float
+    ) -> GateReport:
+        """The gate on the knowledge base that writing `entries` (validated import rows, matched on
+        external_id) would leave, built aside: nothing is written."""
+        merged: dict[str, dict[str, Any]] = {}
+        async for rows in iter_scope(self.db, scope=PUBLIC, owner_id=""):
+            for row in rows:
+                merged[row.external_id or f"#{row.id}"] = {"id": row.id, **formats.export_row(row)}
+        fresh = -1
+        for entry in entries:
+            key = entry.get("external_id") or f"new{fresh}"
+            previous = merged.get(key)
+            merged[key] = {**entry, "id": previous["id"] if previous else fresh}
+            fresh -= 1
+        decisions = await anyio.to_thread.run_sync(
+            trial_decisions, list(merged.values()), golden, self.decider, limiter=self._import_limiter
+        )
+        return score(golden, decisions, min_right=min_right)
 
     # -- export ---------------------------------------------------------------------------------
 
@@ -379,7 +440,12 @@ class KnowledgeService:
         """Why an entry is (or is not) found: the analysed query, the ranked hits, and the verdict."""
         hits = await self.search(query, limit=limit)
         threshold = self.answer_threshold
-        answered = bool(hits) and hits[0].score >= threshold
+        # What a chat turn would do: the decision model's verdict (the score rule when ANSWER_THRESHOLD is set).
+        decision = self.decider.decide(query, hits)
+        if self.settings.answer_threshold is None:
+            answered = decision.outcome == "answer"
+        else:
+            answered = bool(hits) and hits[0].score >= threshold
         async with self.db.read() as db:
             rows = await repo.get_many(db, [hit.id for hit in hits])
         return {
@@ -387,7 +453,12 @@ class KnowledgeService:
             **self.sync.explain(query),
             "threshold": threshold,
             "answered": answered,
-            "answer_id": hits[0].id if answered else None,
+            "answer_id": (decision.entries[0].id if decision.outcome == "answer" else hits[0].id)
+            if answered
+            else None,
+            "decision": decision.outcome,
+            "confidence": round(decision.confidence, 4),
+            "choice_ids": [hit.id for hit in decision.entries] if decision.outcome == "clarify" else [],
             "hits": [
                 {
                     "id": hit.id,

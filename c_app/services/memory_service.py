@@ -38,6 +38,7 @@ def to_hit(row: Memory, scope: str, score: float) -> Hit:
         category=row.category,
         grounded=bool((row.meta or {}).get("grounded", True)),
         created_at=row.created_at,
+        similar=tuple(q for q in row.similar_questions or () if q),
     )
 
 
@@ -134,6 +135,12 @@ class MemoryService:
         ranked = await self.sync.hits(user_id, (PRIVATE, CHAT), query, limit)
         async with self.db.read() as db:
             return await hits_for(db, ranked, owner_id=user_id)
+
+    async def entries(self, entry_ids: Sequence[int]) -> list[Hit | None]:
+        """Knowledge-base entries as hits (score 1), in the order given; None for one that is gone."""
+        async with self.db.read() as db:
+            found = {hit.id: hit for hit in await hits_for(db, [(PUBLIC, i, 1.0) for i in entry_ids])}
+        return [found.get(i) for i in entry_ids]
 
     async def list_private(self, user_id: str, *, offset: int, limit: int) -> tuple[list[Memory], int]:
         """One page of a user's private memories, newest first, and their total."""

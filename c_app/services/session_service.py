@@ -92,6 +92,8 @@ class SessionService:
         entry_id: int | None = None,
         agent_id: str | None = None,
         agent_name: str | None = None,
+        score: float | None = None,
+        choices: list[int] | None = None,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
         session now waits for a person).
@@ -116,6 +118,8 @@ class SessionService:
                     entry_id=entry_id,
                     agent_id=agent_id,
                     agent_name=agent_name,
+                    score=score,
+                    choices=choices,
                 )
                 # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
                 # foreign key's lock on the session row): an erasure is wholly before or after this.
@@ -127,6 +131,11 @@ class SessionService:
         except IntegrityError as exc:  # the foreign key refused it: the session is gone
             raise SessionGone("会话不存在") from exc
         return row
+
+    async def record_choice(self, message_id: int, entry_id: int) -> None:
+        """The customer picked `entry_id` among the choices of the clarified answer `message_id`."""
+        async with self.db.transaction() as db:
+            await messages_repo.record_choice(db, message_id, entry_id)
 
     async def recent_messages(self, session_id: str, *, owner_id: str, limit: int) -> list[Message]:
         """The session's newest `limit` messages, oldest first."""

@@ -13,10 +13,12 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ...errors import Unauthorized, ValidationFailed
+from ...errors import BadRequest, Unauthorized, ValidationFailed
 from ...schemas.common import Envelope
 from ...schemas.knowledge import (
     DeletedEntry,
+    GateReportOut,
+    GoldenRequest,
     HitTestRequest,
     HitTestResult,
     ImportReportOut,
@@ -26,6 +28,7 @@ from ...schemas.knowledge import (
     KnowledgePage,
 )
 from ...services.audit_service import AuditContext, AuditService
+from ...services.golden import GoldenQuestion, parse_golden
 from ...services.knowledge_service import KnowledgeService
 from ..deps import ServicesDep
 from ..middleware.request_id import current_request_id
@@ -132,12 +135,18 @@ async def import_entries(
     file: Annotated[UploadFile, File()],
     fmt: Annotated[str | None, Form(alias="format", max_length=16)] = None,
     strict: Annotated[bool, Form()] = False,
+    golden: Annotated[UploadFile | None, File()] = None,
+    min_right: Annotated[float, Form(ge=0, le=1)] = 0.8,
 ) -> Envelope[ImportReportOut]:
     """导入知识库文件（JSON Lines、CSV 或 Markdown）；有 external_id 的条目更新而不重复。
 
-    strict=true 时只要有一行有误就不导入任何条目，返回 422，error.details 列出有误的行。"""
+    strict=true 时只要有一行有误就不导入任何条目，返回 422，error.details 列出有误的行。
+    附带 golden（黄金问题集 JSONL）时先在导入后的知识库上试跑：正确率低于 min_right 则不导入任何条目，返回 422。"""
     data = await knowledge.read_upload(file)
-    report = await knowledge.import_bytes(data, filename=file.filename, fmt=fmt, strict=strict)
+    questions = parse_golden(_utf8(await knowledge.read_upload(golden))) if golden is not None else None
+    report = await knowledge.import_bytes(
+        data, filename=file.filename, fmt=fmt, strict=strict, golden=questions, min_right=min_right
+    )
     await auditor.record(
         "knowledge.import",
         target_type="knowledge",
@@ -149,13 +158,35 @@ async def import_entries(
             "strict": strict,
             "rejected": report.rejected,
             "bytes": len(data),
+            **({"gate_right_rate": round(report.gate.right_rate, 4)} if report.gate else {}),
+            "gated": report.gated,
         },
     )
     if report.rejected:
         raise ValidationFailed("导入数据有误，未导入任何条目", details=report.errors)
+    if report.gate is not None and report.gated:
+        raise ValidationFailed(
+            f"导入后黄金问题正确率为 {report.gate.right_rate:.1%}，低于 {min_right:.1%}，未导入任何条目",
+            details=report.gate.as_dict(),
+        )
     return Envelope[ImportReportOut](
         message="导入完成", data=ImportReportOut.model_validate(report.as_dict())
     )
+
+
+@router.post("/knowledge/eval")
+async def evaluate_golden(request: GoldenRequest, knowledge: KnowledgeDep) -> Envelope[GateReportOut]:
+    """黄金问题评测：在当前知识库上逐条作答，统计答对、答错、反问（含正确条目）与未命中，列出未答对的问题。"""
+    golden = [GoldenQuestion(q.question, q.external_id or None) for q in request.questions]
+    report = await knowledge.evaluate_golden(golden, min_right=request.min_right)
+    return Envelope[GateReportOut](message="评测完成", data=GateReportOut.model_validate(report.as_dict()))
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadRequest("黄金问题集不是 UTF-8 编码") from None
 
 
 @router.post("/knowledge/hit-test")

@@ -3,7 +3,9 @@
 GET  /api/v1/admin/stats/turns|outcomes|feedback?days=N     one point per UTC day, oldest first
 GET  /api/v1/admin/stats/top-questions|top-entries?days=N&limit=10
 GET  /api/v1/admin/gaps?kind=all|no_match|clarified|disliked|handoff&days=N&page=&page_size=
-POST /api/v1/admin/gaps/resolve                             {"question", "entry_id"}: add as a similar question
+GET  /api/v1/admin/gaps?...&sort=recent|count
+POST /api/v1/admin/gaps/resolve                             {"question", "entry_id"}: add as a similar question;
+                                                            {"question", "answer"[, "title", "category"]}: a new entry
 GET  /api/v1/admin/conversations?user_id=&since=&until=&outcome=&feedback=&q=&page=&page_size=
 GET  /api/v1/admin/conversations/{session_id}               one conversation (audited: a customer's data)
 """
@@ -23,6 +25,7 @@ from ...schemas.console import (
     FeedbackStats,
     GapKind,
     GapPage,
+    GapSort,
     Outcome,
     OutcomeStats,
     Rating,
@@ -91,10 +94,12 @@ async def list_gaps(
     days: Days = 30,
     page: Page = 1,
     page_size: PageSize = 20,
+    sort: Annotated[GapSort, Query()] = "recent",
 ) -> Envelope[GapPage]:
-    """知识库缺口：未能直接回答、需澄清、转人工或被点踩的客户问题，按归一化后的问题分组，最近的在前；
-    知识库已收录（问题或相似问题归一化后相同）的不再列出。每项附最接近的 3 个知识条目。"""
-    data = await console.gaps(kind=kind, days=days, page=page, page_size=page_size)
+    """知识库缺口：未能直接回答、需澄清、转人工或被点踩的客户问题，按归一化后的问题分组并合并同义问法，
+    最近的在前（sort=count：次数最多的在前）；知识库已收录（问题或相似问题归一化后相同）的不再列出。
+    每项附次数、首次/最近出现时间、其他问法示例、最接近的 3 个知识条目，以及客户在澄清时选中最多的条目（chosen_entry_id）。"""
+    data = await console.gaps(kind=kind, days=days, page=page, page_size=page_size, sort=sort)
     return Envelope[GapPage](message="获取成功", data=data)
 
 
@@ -102,7 +107,16 @@ async def list_gaps(
 async def resolve_gap(
     request: ResolveGapRequest, console: ConsoleDep, auditor: AuditorDep
 ) -> Envelope[KnowledgeEntryOut]:
-    """把问题加为某个知识条目的相似问题（已有则不重复），返回该条目。"""
+    """解决缺口：提供 entry_id 时把问题加为该条目的相似问题（已有则不重复）；提供 answer 时以该问题新建条目。返回该条目。"""
+    if request.answer is not None:
+        created = await console.resolve_gap_with_new_entry(
+            question=request.question, answer=request.answer, title=request.title, category=request.category
+        )
+        await auditor.record(
+            "knowledge.create", target_type="knowledge", target_id=created.id, detail={"source": "gaps"}
+        )
+        return Envelope[KnowledgeEntryOut](message="已新建知识条目", data=KnowledgeEntryOut.from_row(created))
+    assert request.entry_id is not None  # the request holds exactly one of the two
     row, changed = await console.resolve_gap(question=request.question, entry_id=request.entry_id)
     await auditor.record(
         "knowledge.update",
