@@ -1,5 +1,11 @@
-"""Start the API: `python run_server.py` (HOST, PORT, RELOAD=1 and LOG_LEVEL from the environment)."""
+"""Start the API: `python run_server.py` (HOST, PORT, WORKERS, RELOAD=1 and LOG_LEVEL from the environment).
 
+WORKERS=N starts N server processes on the one port (uvicorn's supervisor restarts one that dies).
+Each builds its own app: they share the database, follow the same memory change log, and count
+rate limits in Redis when REDIS_URL is set (in-memory counters would be per process)."""
+
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +31,24 @@ def clear_multiprocess_dir(path: str | None) -> None:
             stale.unlink()
 
 
+def share_process_secrets(workers: int) -> None:
+    """Workers must agree on what a single process makes up for itself: without URL_SIGNING_SECRET
+    each would sign upload URLs with its own random key, and a URL signed by one would be refused
+    by the next. One random key for this start, handed to every worker through the environment."""
+    if workers > 1 and not os.environ.get("URL_SIGNING_SECRET"):
+        os.environ["URL_SIGNING_SECRET"] = secrets.token_urlsafe(32)
+
+
 if __name__ == "__main__":
     settings = get_settings()
     clear_multiprocess_dir(settings.prometheus_multiproc_dir)
+    share_process_secrets(1 if settings.reload else settings.workers)
     uvicorn.run(
         "c_app.main:app",
         host=settings.host,
         port=settings.port,
         reload=settings.reload,
+        workers=1 if settings.reload else settings.workers,
         reload_dirs=["c_app"] if settings.reload else None,
         log_level=settings.log_level.lower(),
         log_config=log_config(settings.log_format),

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8000
     reload: bool = False
+    # Server processes run_server.py starts on the port (uvicorn's workers); 1: one process.
+    workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
     log_file: str | None = None
     # Observability (README, "Observability"). json: one JSON object a line (ours and uvicorn's).

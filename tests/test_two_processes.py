@@ -195,3 +195,83 @@ async def test_knowledge_entry_written_on_a_is_found_updated_and_deleted_on_b(
     response = await client.delete(f"{a}/api/v1/admin/knowledge/{entry_id}", headers=admin)
     assert response.status_code == 200, response.text
     await seen_on(client, b, new_question, lacks(entry_id))
+
+
+async def test_run_server_workers_share_database_rate_limits_and_url_key(
+    database_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """`WORKERS=2 python run_server.py`: two processes on one port. Turns on fresh connections (spread
+    over both) are counted against one limit (Redis), stored once each in order, and an upload URL
+    signed by one worker is accepted by the other."""
+    import psutil
+
+    from .utils import sse_data, upload_image
+
+    port = free_port()
+    env = server_env(database_settings, tmp_path)
+    env.update(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WORKERS="2",
+        AUTH_MODE="api_key",
+        API_KEYS="workers-key",
+        REDIS_URL="redis://127.0.0.1:6379/5",
+        RATE_LIMIT_KEY_PREFIX=f"workers-{os.getpid()}-{time.monotonic_ns()}",
+        RATE_LIMIT_STREAM="4/minute",
+        RATE_LIMIT_ADDRESS_FACTOR="10",
+    )
+    log = tmp_path / "workers.log"
+    server = start_run_server(env, tmp_path, log)
+    base = f"http://127.0.0.1:{port}"
+    # No keep-alive: every request on a new connection, which the kernel hands to either worker.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    headers = {"Authorization": "Bearer workers-key"}
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=fresh, headers=headers) as client:
+            await wait_ready(client, base, log)
+            deadline = time.monotonic() + START_TIMEOUT
+            while len(psutil.Process(server.pid).children()) < 2:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                await asyncio.sleep(0.1)
+            for _ in range(4):  # every worker has started (each answers /health)
+                await wait_ready(client, base, log)
+            statuses = []
+            for turn in range(6):
+                body = {
+                    "user_id": USER,
+                    "session_id": "workers-s",
+                    "message": {"role": "user", "content": f"你好{turn}"},
+                }
+                response = await client.post("/api/v1/chat/stream", json=body)
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    assert sse_data(response.text)[-1] == "[DONE]"
+            assert statuses == [200, 200, 200, 200, 429, 429]
+            history = await client.get("/api/v1/chat/session/workers-s/messages", params={"limit": 50})
+            assert history.status_code == 200, history.text
+            messages = history.json()["messages"]
+            assert [m["content"] for m in messages if m["role"] == "user"] == [f"你好{t}" for t in range(4)]
+            assert [m["role"] for m in messages] == ["user", "assistant"] * 4
+            url = await upload_image(client, user_id=USER, session_id="workers-s")
+            assert "sig=" in url
+            assert [(await client.get(url)).status_code for _ in range(8)] == [200] * 8
+    finally:
+        stop_server(server)
+
+
+def start_run_server(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`python run_server.py` as configured by `env` (stop it with `stop_server`)."""
+    script = Path(__file__).resolve().parent.parent / "run_server.py"
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(script)], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

@@ -19,4 +19,10 @@ def startup_warnings(settings: Settings) -> list[str]:
             "URL_SIGNING_SECRET is unset: upload URLs are signed with a random per-process key, so they stop "
             "working after a restart and on other replicas."
         )
+    limited = [settings.rate_limit_stream, settings.rate_limit_upload, settings.rate_limit_memory]
+    if settings.workers > 1 and not settings.redis_url and any(limited + [settings.rate_limit_retrieve]):
+        warnings.append(
+            f"WORKERS={settings.workers} without REDIS_URL: each process counts rate limits on its own, so a "
+            f"client gets up to {settings.workers}x the configured limits. Set REDIS_URL to share them."
+        )
     return warnings
