@@ -17,6 +17,8 @@ from c_app.main import create_app
 
 NOT_JSON = {
     ("POST", "/api/v1/chat/stream"),  # Server-Sent Events
+    ("GET", "/api/v1/chat/session/{session_id}/events"),  # Server-Sent Events (issue 10)
+    ("GET", "/api/v1/agent/events"),  # Server-Sent Events (issue 10)
     ("POST", "/v1/chat/completions"),  # JSON or Server-Sent Events, as the client asks
     ("GET", "/static/uploads/{name}"),
     ("GET", "/download/{filename}"),

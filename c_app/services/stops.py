@@ -46,10 +46,10 @@ class StopSignals:
         if not self.distributed or self._listener is not None:
             return
         self._listener = asyncio.create_task(self._listen())
-        try:  # a bus that is down must not keep the replica from starting: /ready says it is not ready
+        try:
             await asyncio.wait_for(self._ready.wait(), timeout=5)
-        except TimeoutError:
-            logger.warning("stop listener: the event bus is not reachable yet; retrying in the background")
+        except TimeoutError:  # the bus is down: the app still serves; stops rely on the flag meanwhile
+            logger.warning("event bus unreachable: stops reach other replicas through the stored flag only")
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -78,6 +78,16 @@ class StopSignals:
         if not self.distributed:
             return False
         await self._flag(session_id)
+        try:
+            return await self._broadcast(session_id, stopped_here=stopped_here)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            logger.warning("stop not broadcast (%s): the flag still stops the turn", type(exc).__name__)
+            return False
+        except Exception:
+            logger.exception("stop not broadcast: the flag still stops the turn")
+            return False
+
+    async def _broadcast(self, session_id: str, *, stopped_here: bool) -> bool:
         reply = f"stop-ack:{uuid.uuid4().hex}"
         async with self.bus.subscribe(reply) as acks:
             await self.bus.publish(STOP_CHANNEL, {"session_id": session_id, "reply": reply})
