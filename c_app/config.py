@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     max_image_total_pixels: int = Field(default=40_000_000, ge=1)  # frames x pixels of a frame
     max_image_decoded_bytes: int = Field(default=300 * 1024 * 1024, ge=1)  # pixels, and JPEG coefficients
     upload_decode_concurrency: int = Field(default=2, ge=1)  # images decoded or written again at once
+    # Where upload files live (c_app/services/upload_storage.py): UPLOAD_DIR, or an S3-compatible bucket
+    # shared by every replica (UPLOAD_DIR then holds only scratch files).
+    upload_storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None  # unset: AWS's own endpoint for S3_REGION
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None  # unset: boto3's own chain (environment, profile, instance role)
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = "uploads/"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_CORS_ORIGINS))
 
     # Knowledge base and memory.

@@ -159,8 +159,8 @@ async def test_old_data_is_purged_and_recent_data_kept(open_services: OpenServic
     old_upload, new_upload = await upload(s, "u1", "old"), await upload(s, "u1", "recent")
     await set_columns(s, Upload.id, [old_upload.id], created_at=old)
     old_file, new_file = (
-        s.uploads.path_for(old_upload.stored_name),
-        s.uploads.path_for(new_upload.stored_name),
+        s.uploads.directory / old_upload.stored_name,
+        s.uploads.directory / new_upload.stored_name,
     )
 
     run = await s.retention.run_once()
