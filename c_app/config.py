@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     retention_batch_size: int = Field(default=500, ge=1)  # rows removed per transaction
 
+    # Background jobs (c_app/services/jobs.py): procrastinate on PostgreSQL, in-process on SQLite.
+    jobs_worker: bool = True  # run jobs in this process (false: a replica that only submits them)
+    jobs_concurrency: int = Field(default=2, ge=1)
+    jobs_stalled_after_seconds: float = Field(default=30.0, ge=1)  # no heartbeat that long: job retried
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -37,6 +37,7 @@ from .services.console_service import ConsoleService
 from .services.customer_data import CustomerDataService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
+from .services.jobs import JobService
 from .services.knowledge_service import KnowledgeService, answer_threshold
 from .services.memory_service import MemoryService
 from .services.retention import RetentionService
@@ -63,6 +64,7 @@ class Services:
     customer_data: CustomerDataService
     retention: RetentionService
     console: ConsoleService
+    jobs: JobService
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
         """Bring the schema to the newest revision, build the search index (a one-shot CLI import
@@ -72,10 +74,12 @@ class Services:
             await self.sync.start()
         if sample_kb and self.settings.load_sample_kb:
             await self._load_sample()
-        if index and self.settings.retention_days is not None:
-            self.retention.start()  # the periodic purge (one replica at a time runs it)
+        # Background jobs, the periodic purge among them (run by one replica at a time); a one-shot
+        # CLI command only submits.
+        await self.jobs.start(worker=index, retention=self.retention if index else None)
 
     async def aclose(self) -> None:
+        await self.jobs.stop()
         await self.retention.stop()
         await self.chat.engine.aclose()
         await self.sync.stop()
@@ -184,6 +188,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     )
     audit = AuditService(db)
     knowledge = KnowledgeService(sync, settings)
+    retention = RetentionService(sync, uploads, settings)
     return Services(
         settings=settings,
         db=db,
@@ -195,6 +200,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         chat=chat,
         audit=audit,
         customer_data=CustomerDataService(sync, uploads, audit),
-        retention=RetentionService(sync, uploads, settings),
+        retention=retention,
         console=ConsoleService(db, knowledge),
+        jobs=JobService(db, settings, knowledge),
     )
