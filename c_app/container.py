@@ -202,5 +202,5 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         customer_data=CustomerDataService(sync, uploads, audit),
         retention=retention,
         console=ConsoleService(db, knowledge),
-        jobs=JobService(db, settings, knowledge),
+        jobs=JobService(db, settings, knowledge, sync.dense),
     )

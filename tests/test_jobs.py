@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from c_app.db.memories import PUBLIC
-from c_app.db.models import AuditEntry, BackgroundJob, Memory
+from c_app.db.models import AuditEntry, BackgroundJob, Memory, MemoryVector
 from c_app.services.jobs import interval_cron, libpq_url
 
 from .conftest import BACKEND, PG_URL
@@ -204,7 +204,7 @@ async def test_a_queued_import_survives_the_kill_of_the_process_that_accepted_it
 async def test_a_job_running_when_its_worker_is_killed_is_finished_by_another_exactly_once(
     database_settings: dict[str, Any], tmp_path: Path
 ) -> None:
-    n = 20_000  # long enough (seconds) to be caught running
+    n = 5_000  # long enough (a second or more) to be caught running
     env = {**server_env(database_settings, tmp_path), "ADMIN_TOKEN": TOKEN, "JOBS_STALLED_AFTER_SECONDS": "2"}
     async with httpx.AsyncClient(timeout=60) as client:
         with process(env, tmp_path, tmp_path / "a.log") as (a, proc_a):
@@ -256,3 +256,27 @@ async def test_a_periodic_job_runs_once_per_fleet_per_period(start_app, database
         await conn.close()
     # One job per period, whichever replica deferred it: never one per replica.
     assert jobs == periods >= 3
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite's one process embeds its own backlog")
+async def test_the_embedding_backfill_of_replicas_starting_together_embeds_each_entry_once(
+    start_app, standin
+) -> None:
+    from .test_dense import dense_settings
+
+    # No embeddings endpoint (and no worker): entries without vectors.
+    seeder, _ = await start_app(load_sample_kb=False, jobs_worker=False)
+    entries = [
+        {"external_id": f"bf-{i}", "question": f"第{i}个问题怎么办", "answer": f"第{i}个回答。"}
+        for i in range(40)
+    ]
+    await seeder.state.services.knowledge.upsert(entries)
+    replicas = [await start_app(**dense_settings(standin)) for _ in range(2)]
+    for app, _ in replicas:
+        dense = app.state.services.sync.dense
+        dense.follow_interval = 0.05
+        await asyncio.wait_for(dense.drain(), DEADLINE)
+        assert len(dense.store) == len(entries)  # every vector, on both replicas
+    texts = [f"第{i}个问题怎么办" for i in range(40)]
+    assert sorted(standin.embedding_inputs) == sorted(texts)  # each embedded once for the fleet
+    assert await count(seeder, MemoryVector) == len(entries)

@@ -78,6 +78,8 @@ async def open_services(make_settings: Callable[..., Settings]) -> AsyncIterator
             services.retention = RetentionService(services.sync, services.uploads, settings, now=clock)
         opened.append(services)
         await services.start()
+        if clock is not None:  # the clock starts when the services are ready: start-up takes no days
+            clock.now = max(clock.now, datetime.now(UTC))
         return services
 
     try:

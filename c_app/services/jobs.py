@@ -30,6 +30,7 @@ from ..db import jobs as repo
 from ..db.engine import Database
 from ..db.models import BackgroundJob, utcnow
 from ..errors import AppError, NotFound
+from .dense_search import DenseSearch
 from .knowledge_service import KnowledgeService
 from .retention import RetentionService
 
@@ -63,10 +64,13 @@ def libpq_url(url: str) -> str:
 
 
 class JobService:
-    def __init__(self, db: Database, settings: Settings, knowledge: KnowledgeService) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, knowledge: KnowledgeService, dense: DenseSearch | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.knowledge = knowledge
+        self.dense = dense
         self.retention: RetentionService | None = None
         self.app: App | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -90,6 +94,8 @@ class JobService:
             return
         self.app = self._build_app()
         await self.app.open_async()
+        if self.dense is not None and self.dense.backlog:
+            await self._defer_backfill()
         if worker and self.settings.jobs_worker:
             stalled = self.settings.jobs_stalled_after_seconds
             self._worker = asyncio.create_task(
@@ -139,12 +145,30 @@ class JobService:
         purge = self.retention
 
         async def retention(timestamp: int) -> None:
-            assert purge is not None
-            await purge.run_once()  # still under its own lock (a manual run may be going on)
+            if purge is not None and purge.enabled:
+                await purge.run_once()  # still under its own lock (a manual run may be going on)
 
+        task = app.task(name="c_app.retention", queue=_QUEUE, queueing_lock="c_app.retention")(retention)
         if purge is not None and purge.enabled:
-            task = app.task(name="c_app.retention", queue=_QUEUE, queueing_lock="c_app.retention")(retention)
             app.periodic(cron=interval_cron(self.settings.retention_interval_seconds), periodic_id="")(task)
+
+        dense = self.dense
+
+        async def dense_backfill() -> None:
+            if dense is None:  # a replica without EMBEDDING_BASE_URL: left to one that has it
+                raise RuntimeError("no embeddings endpoint configured on this replica")
+            await dense.backfill()
+
+        # Registered on every replica (a worker meeting a task it does not know fails the job).
+        app.task(
+            name="c_app.dense_backfill",
+            queue=_QUEUE,
+            queueing_lock="c_app.dense_backfill",  # one waiting in the queue at most
+            lock="c_app.dense_backfill",  # and one running: a second one then finds nothing left
+            retry=RetryStrategy(max_attempts=20, wait=10),  # the endpoint may be down a while
+        )(dense_backfill)
+        if dense is not None:
+            dense.requeue = self._defer_backfill  # a backlog still there later asks again
 
         async def recover_stalled(timestamp: int) -> None:
             """Jobs whose worker stopped sending heartbeats (killed, frozen) go back to the queue."""
@@ -183,6 +207,18 @@ class JobService:
         if row is None:
             raise NotFound(NOT_FOUND)
         return row
+
+    async def _defer_backfill(self) -> None:
+        """Queue the fleet's embedding backfill, once: every replica starting with a backlog asks,
+        the queueing lock keeps one in the queue."""
+        from procrastinate.exceptions import AlreadyEnqueued
+
+        assert self.app is not None
+        try:
+            await self.app.configure_task("c_app.dense_backfill").defer_async()
+        except AlreadyEnqueued:
+            return
+        logger.info("dense backfill queued for the fleet")
 
     async def _enqueue(self, job_id: str) -> None:
         if self.app is not None:
