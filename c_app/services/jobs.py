@@ -43,6 +43,7 @@ IMPORT = "knowledge.import"
 MAX_ATTEMPTS = 3  # a job failing on something other than its input (the database went away...)
 NOT_FOUND = "任务不存在"
 _QUEUE = "c_app"
+JOB_HISTORY_HOURS = 24  # finished jobs of procrastinate's queue kept this long (ours: background_jobs)
 
 
 def interval_cron(seconds: float) -> str:
@@ -125,7 +126,7 @@ class JobService:
             self.app = None
 
     def _build_app(self) -> App:
-        from procrastinate import App, PsycopgConnector, RetryStrategy
+        from procrastinate import App, JobContext, PsycopgConnector, RetryStrategy, builtin_tasks
 
         assert self.settings.database_url is not None
         kwargs: dict[str, Any] = {}
@@ -182,6 +183,22 @@ class JobService:
             recover_stalled
         )
         app.periodic(cron=interval_cron(max(1.0, self.settings.jobs_stalled_after_seconds / 2)))(recover)
+
+        async def remove_old_jobs(context: JobContext, timestamp: int) -> None:
+            """procrastinate keeps finished jobs (the recovery job alone adds thousands a day)."""
+            await builtin_tasks.remove_old_jobs(context, max_hours=JOB_HISTORY_HOURS, remove_failed=True)
+
+        cleanup = app.task(
+            name="c_app.remove_old_jobs",
+            queue=_QUEUE,
+            queueing_lock="c_app.remove_old_jobs",
+            pass_context=True,
+        )(remove_old_jobs)
+        app.periodic(cron="7 * * * *")(cleanup)
+        # Its INFO lines (every job started and ended, the recovery job every few seconds) drown ours.
+        procrastinate_logger = logging.getLogger("procrastinate")
+        if procrastinate_logger.level == logging.NOTSET:
+            procrastinate_logger.setLevel(logging.WARNING)
         return app
 
     # -- submitting and polling -----------------------------------------------------------------
