@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     max_image_total_pixels: int = Field(default=40_000_000, ge=1)  # frames x pixels of a frame
     max_image_decoded_bytes: int = Field(default=300 * 1024 * 1024, ge=1)  # pixels, and JPEG coefficients
     upload_decode_concurrency: int = Field(default=2, ge=1)  # images decoded or written again at once
+    # Where upload files live (c_app/services/upload_storage.py): UPLOAD_DIR, or an S3-compatible bucket
+    # shared by every replica (UPLOAD_DIR then holds only scratch files).
+    upload_storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None  # unset: AWS's own endpoint for S3_REGION
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None  # unset: boto3's own chain (environment, profile, instance role)
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = "uploads/"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_CORS_ORIGINS))
 
     # Knowledge base and memory.
@@ -184,6 +193,11 @@ class Settings(BaseSettings):
     # interrupted); X-Replica names the process on every answer (unset: the host name).
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     replica_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
+    # Background jobs (c_app/services/jobs.py): procrastinate on PostgreSQL, in-process on SQLite.
+    jobs_worker: bool = True  # run jobs in this process (false: a replica that only submits them)
+    jobs_concurrency: int = Field(default=2, ge=1)
+    jobs_stalled_after_seconds: float = Field(default=30.0, ge=1)  # no heartbeat that long: job retried
 
     @field_validator("api_keys", "agent_keys", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ from .services.console_service import ConsoleService
 from .services.customer_data import CustomerDataService
 from .services.dense_search import DenseSearch
 from .services.index_sync import IndexSync
+from .services.jobs import JobService
 from .services.knowledge_service import KnowledgeService, answer_threshold
 from .services.live import LiveEvents
 from .services.memory_service import MemoryService
@@ -81,6 +82,7 @@ class Services:
     agents: AgentService
     stops: StopSignals
     # Gauges sampled for /metrics: register a function at start-up (`gauges.register(HANDOFF_QUEUE, fn)`).
+    jobs: JobService
     gauges: GaugeSampler = field(default_factory=GaugeSampler)
 
     async def start(self, *, index: bool = True, sample_kb: bool = True) -> None:
@@ -92,12 +94,14 @@ class Services:
             await self.sync.start()
         if sample_kb and self.settings.load_sample_kb:
             await self._load_sample()
-        if index and self.settings.retention_days is not None:
-            self.retention.start()  # the periodic purge (one replica at a time runs it)
+        # Background jobs, the periodic purge among them (run by one replica at a time); a one-shot
+        # CLI command only submits.
+        await self.jobs.start(worker=index, retention=self.retention if index else None)
         if index:
             self.gauges.start()  # several worker processes: sampled in the background too
 
     async def aclose(self) -> None:
+        await self.jobs.stop()
         await self.gauges.stop()
         await self.retention.stop()
         await self.stops.stop()
@@ -229,6 +233,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
 
     gauges.register(HANDOFF_QUEUE, handoff_queue_length)
     pool_gauges(gauges, db.engine.pool)
+    retention = RetentionService(sync, uploads, settings)
     return Services(
         settings=settings,
         db=db,
@@ -240,7 +245,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         chat=chat,
         audit=audit,
         customer_data=CustomerDataService(sync, uploads, audit),
-        retention=RetentionService(sync, uploads, settings),
+        retention=retention,
         console=ConsoleService(db, knowledge),
         tickets=tickets,
         canned=CannedReplyService(db),
@@ -249,4 +254,5 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         agents=agents,
         stops=stops,
         gauges=gauges,
+        jobs=JobService(db, settings, knowledge, sync.dense),
     )

@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         per_path={
             "/api/v1/chat/upload-image": settings.max_file_size + 64 * 1024,
             "/api/v1/admin/knowledge/import": settings.max_import_bytes + 64 * 1024,
+            "/api/v1/admin/knowledge/import-jobs": settings.max_import_bytes + 64 * 1024,
         },
     )
     setup_cors(app, settings)

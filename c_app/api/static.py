@@ -9,13 +9,15 @@ gets the same 404 as for a file that does not exist.
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ..errors import Forbidden
 from ..security.auth import AGENT_NOT_CUSTOMER, Authenticator, credential_from
 from ..security.signing import verify
+from ..services.upload_service import Upload
 from .deps import ServicesDep
 
 router = APIRouter(tags=["文件"])
@@ -42,31 +44,56 @@ def _owner_for(request: Request, name: str, exp: str | None, sig: str | None) ->
     return actor.scope
 
 
+_CACHE = {"Cache-Control": "private, max-age=3600"}
+
+
+async def _file_response(
+    services: ServicesDep, upload: Upload, *, media_type: str, filename: str | None, inline: bool
+) -> Response:
+    """The local file as FileResponse always sent it; from object storage, streamed with the same headers."""
+    path = services.uploads.local_path(upload)
+    disposition = "inline" if inline else "attachment"
+    if path is not None:
+        return FileResponse(
+            path=path,
+            filename=filename,
+            media_type=media_type,
+            content_disposition_type=disposition,
+            headers=_CACHE,
+        )
+    stored = await services.uploads.stream(upload)
+    headers = {**_CACHE, "Content-Length": str(stored.size)}
+    if filename is not None:  # as FileResponse writes it
+        quoted = quote(filename)
+        headers["Content-Disposition"] = (
+            f"{disposition}; filename*=utf-8''{quoted}"
+            if quoted != filename
+            else f'{disposition}; filename="{filename}"'
+        )
+    return StreamingResponse(stored.chunks, media_type=media_type, headers=headers)
+
+
 @router.get("/static/uploads/{name}", response_class=FileResponse, responses=FILE_RESPONSES)
 async def show_upload(
     name: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None
-) -> FileResponse:
+) -> Response:
     """Show an uploaded image (inline)."""
-    upload, path = await services.uploads.get(name, owner_id=_owner_for(request, name, exp, sig))
-    return FileResponse(
-        path=path,
-        media_type=upload.content_type,
-        content_disposition_type="inline",
-        headers={"Cache-Control": "private, max-age=3600"},
-    )
+    upload = await services.uploads.get(name, owner_id=_owner_for(request, name, exp, sig))
+    return await _file_response(services, upload, media_type=upload.content_type, filename=None, inline=True)
 
 
 @router.get("/download/{filename}", response_class=FileResponse, responses=FILE_RESPONSES)
 async def download_file(
     filename: str, request: Request, services: ServicesDep, exp: Exp = None, sig: Sig = None
-) -> FileResponse:
+) -> Response:
     """Download an uploaded file as an attachment."""
-    upload, path = await services.uploads.get(filename, owner_id=_owner_for(request, filename, exp, sig))
-    return FileResponse(
-        path=path,
-        filename=upload.original_name or upload.stored_name,
+    upload = await services.uploads.get(filename, owner_id=_owner_for(request, filename, exp, sig))
+    return await _file_response(
+        services,
+        upload,
         media_type="application/octet-stream",
-        headers={"Cache-Control": "private, max-age=3600"},
+        filename=upload.original_name or upload.stored_name,
+        inline=False,
     )
 
 

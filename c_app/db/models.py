@@ -194,6 +194,27 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True, default=utcnow)  # retention
 
 
+class BackgroundJob(Base):
+    """Work done in the background, whose status a client polls (a large knowledge-base import).
+
+    The row is the job's record and its input; the job engine (procrastinate on PostgreSQL, an
+    in-process runner on SQLite) only decides who runs it and when (c_app/services/jobs.py)."""
+
+    __tablename__ = "background_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued, running, succeeded, failed
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # dropped once done
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class AppMeta(Base):
     """Small key/value facts about this database (e.g. that the sample knowledge base was loaded)."""
 

@@ -453,8 +453,8 @@ class ChatService:
         images: list[str] = []
         for url in image_urls(turn.parts):
             if url.startswith(UPLOAD_PREFIX):
-                row, path = await self.uploads.get(_upload_name(url), owner_id=turn.user_id)
-                data = await anyio.Path(path).read_bytes()
+                row = await self.uploads.get(_upload_name(url), owner_id=turn.user_id)
+                data = await self.uploads.read(row)
                 images.append(f"data:{row.content_type};base64,{base64.b64encode(data).decode()}")
             else:
                 images.append(url)

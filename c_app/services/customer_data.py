@@ -28,11 +28,10 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import anyio
@@ -43,8 +42,7 @@ from ..db import agents as agents_repo
 from ..db import customers as repo
 from ..db import tickets as tickets_repo
 from ..db.memories import CHAT, PRIVATE
-from ..db.models import Memory
-from ..errors import NotFound
+from ..db.models import Memory, Upload
 from ..schemas.privacy import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -146,15 +144,21 @@ class CustomerDataService:
 
     async def _write_archive(self, handle: IO[bytes], user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
-        files: list[tuple[str, Path]] = []
+        files: list[tuple[str, Upload]] = []
+        present: set[str] = set()
+
+        async def upload_pages() -> AsyncIterator[list[Upload]]:
+            async for rows in self._pages(partial(repo.uploads_page, user_id=user_id), None, _id):
+                for row in rows:
+                    if await self.uploads.exists(row.stored_name):
+                        present.add(row.stored_name)
+                yield rows
 
         def render_upload(row: Any) -> dict[str, Any]:
-            try:
-                path = self.uploads.path_for(row.stored_name)
-            except NotFound:
+            if row.stored_name not in present:
                 return export_upload(row, None)
             arcname = UPLOADS_FOLDER + row.stored_name
-            files.append((arcname, path))
+            files.append((arcname, row))
             return export_upload(row, arcname)
 
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -180,11 +184,7 @@ class CustomerDataService:
                     ),
                     ("private_memories", self._memories(PRIVATE, user_id), export_private_memory),
                     ("chat_memories", self._memories(CHAT, user_id), export_chat_memory),
-                    (
-                        "uploads",
-                        self._pages(partial(repo.uploads_page, user_id=user_id), None, _id),
-                        render_upload,
-                    ),
+                    ("uploads", upload_pages(), render_upload),
                     (
                         "moderation_events",
                         self._pages(partial(repo.moderation_page, user_id=user_id), 0, _id),
@@ -204,16 +204,30 @@ class CustomerDataService:
                     counts[name] = 0
                 await out.write(f',"not_yet_held":{_dump(NOT_YET_HELD)},"counts":{_dump(counts)}}}')
             missing = 0
-            for arcname, path in files:
+            for arcname, row in files:
                 try:
-                    # Images are compressed already: stored as they are, copied from a worker thread.
-                    await anyio.to_thread.run_sync(
-                        partial(archive.write, path, arcname, compress_type=zipfile.ZIP_STORED)
-                    )
+                    await self._add_file(archive, arcname, row)
                 except FileNotFoundError:
                     missing += 1  # removed after it was listed (an erasure running meanwhile)
         counts["upload_files"] = len(files) - missing
         return counts
+
+    async def _add_file(self, archive: zipfile.ZipFile, arcname: str, row: Upload) -> None:
+        """Images are compressed already: stored as they are, copied from a worker thread (a local
+        file as it is, an object from the bucket chunk by chunk)."""
+        path = self.uploads.local_path(row)
+        if path is not None:
+            await anyio.to_thread.run_sync(
+                partial(archive.write, path, arcname, compress_type=zipfile.ZIP_STORED)
+            )
+            return
+        stored = await self.uploads.stream(row)
+        info = zipfile.ZipInfo(arcname, date_time=datetime.now().timetuple()[:6])
+        info.compress_type = zipfile.ZIP_STORED
+        info.file_size = stored.size
+        with archive.open(info, "w", force_zip64=True) as out:
+            async for chunk in stored.chunks:
+                await anyio.to_thread.run_sync(out.write, chunk)
 
     async def _pages(
         self, read: Callable[..., Awaitable[list[R]]], start: Any, key: Callable[[R], Any]
@@ -254,7 +268,7 @@ class CustomerDataService:
             await agents_repo.delete_session_events(db, session_ids)
             # Files go before the commit: should the commit fail, the rows remain (a retry finishes the
             # job), whereas files left behind by a committed erasure would be known to nobody.
-            files = await anyio.to_thread.run_sync(self._remove_files, names)
+            files = await self.uploads.remove_files(names)
             counts = {
                 "sessions": sessions,
                 "messages": messages,
@@ -286,16 +300,6 @@ class CustomerDataService:
             detail=counts,
             db=db,
         )
-
-    def _remove_files(self, names: Iterable[str]) -> int:
-        removed = 0
-        for name in names:
-            try:
-                self.uploads.path_for(name).unlink()
-            except (NotFound, FileNotFoundError):
-                continue  # already gone
-            removed += 1
-        return removed
 
 
 async def _write_list(

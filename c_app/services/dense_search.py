@@ -7,6 +7,12 @@ and a batch of imported entries becomes one batch of embedding calls. Other proc
 reach the worker through MemoryService's change-log polling; it reuses a vector another process
 already stored for the same text.
 
+On PostgreSQL the backlog found at start (entries without a current vector: a first start, a new
+model) is one job for the whole fleet (`backfill`, queued by c_app/services/jobs.py with a queueing
+lock): one replica's worker embeds it, the others load the vectors it stores (`_follow_backlog`),
+so N replicas starting together call the endpoint once per entry, not N times. SQLite (one process)
+embeds its backlog itself, as before.
+
 The endpoint is optional at run time: when it is down, slow or failing, searches fall back to the
 lexical ranking (logged once per outage) and the worker retries after a pause.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import numpy as np
 
@@ -59,6 +65,13 @@ class DenseSearch:
         self._worker: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._down = False
+        # PostgreSQL: the backlog at start is the fleet's job; this process follows what it stores.
+        self.fleet_backfill = not settings.is_sqlite
+        self.backlog: set[int] = set()
+        self.follow_interval = 1.0  # seconds between loads of the vectors the fleet's job stored
+        self.requeue_after = 60.0  # seconds of a backlog left unchanged before the job is asked again
+        self.requeue: Callable[[], Awaitable[None]] | None = None  # set by the job service
+        self._follower: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -80,22 +93,29 @@ class DenseSearch:
             after = batch[-1][0].id
         logger.info("dense vectors loaded: %d stored, %d to embed", len(self.store), len(self._pending))
         self._worker = asyncio.create_task(self._run(), name="dense-embedder")
-        if self._pending:
+        if self.fleet_backfill and self._pending:
+            self.backlog, self._pending = self._pending, set()
+            self._follower = asyncio.create_task(self._follow_backlog(), name="dense-backlog")
+        elif self._pending:
             self._kick()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
+        for task in (self._worker, self._follower):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._worker = self._follower = None
         await self.client.aclose()
 
     async def drain(self) -> None:
-        """Wait until every queued entry has been embedded or given up on (tests, imports)."""
+        """Wait until every queued entry has been embedded or given up on (tests, imports), and the
+        backlog found at start has been embedded (by the fleet's job, on PostgreSQL)."""
         await self._idle.wait()
+        while self.backlog and self._follower is not None and not self._follower.done():
+            await asyncio.sleep(0.02)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -137,7 +157,50 @@ class DenseSearch:
                     logger.exception("embedding %d entries failed", len(ids))
             self._idle.set()
 
-    async def _embed_entries(self, ids: list[int]) -> None:
+    async def backfill(self) -> int:
+        """Embed every public entry without a current vector (the fleet's job, run by one replica);
+        returns how many were embedded. An endpoint failure is raised: the job engine retries."""
+        after, embedded = 0, 0
+        while True:
+            async with self.db.read() as db:
+                batch = await vector_repo.for_scope(
+                    db, scope=PUBLIC, owner_id="", after_id=after, limit=_LOAD_BATCH
+                )
+            ids = [m.id for m, stored in batch if stored is None or not self._current(stored, m)]
+            for start in range(0, len(ids), _WORK_BATCH):
+                part = ids[start : start + _WORK_BATCH]
+                embedded += await self._embed_entries(part)
+                self.backlog.difference_update(part)
+            if len(batch) < _LOAD_BATCH:
+                break
+            after = batch[-1][0].id
+        logger.info("dense backfill: %d entries embedded", embedded)
+        return embedded
+
+    async def _follow_backlog(self) -> None:
+        """Load the vectors the fleet's backfill stores for this process's backlog, until none is left.
+        An entry written meanwhile is embedded by this process's own worker as usual."""
+        changed = time.monotonic()
+        while self.backlog:
+            await asyncio.sleep(self.follow_interval)
+            before = len(self.backlog)
+            try:
+                snapshot = sorted(self.backlog)
+                for start in range(0, len(snapshot), _LOAD_BATCH):
+                    part = snapshot[start : start + _LOAD_BATCH]
+                    missing = await self._reuse(part)
+                    self.backlog.difference_update(set(part) - {row.id for row in missing})
+                if len(self.backlog) < before:
+                    changed = time.monotonic()
+                elif self.requeue is not None and time.monotonic() - changed > self.requeue_after:
+                    changed = time.monotonic()
+                    await self.requeue()  # the job failed for good, or was never taken: queued again
+            except Exception:  # a database hiccup: tried again at the next interval
+                logger.exception("loading the backfilled vectors failed")
+
+    async def _reuse(self, ids: list[int]) -> list[Memory]:
+        """Load the stored vectors of `ids` that are current (drop removed entries); returns the
+        entries that still need one."""
         async with self.db.read() as db:
             rows = await repo.get_many(db, ids)
             stored = await vector_repo.get_many(db, ids)
@@ -150,8 +213,12 @@ class DenseSearch:
                 self.store.upsert(memory_id, np.frombuffer(stored[memory_id].vector, dtype="<f4"))
             else:
                 todo.append(row)
+        return todo
+
+    async def _embed_entries(self, ids: list[int]) -> int:
+        todo = await self._reuse(ids)
         if not todo:
-            return
+            return 0
         hashes = [text_hash(embed_text(row)) for row in todo]
         vectors = await self.client.embed([embed_text(row) for row in todo])
         self._recovered()
@@ -163,6 +230,7 @@ class DenseSearch:
             await vector_repo.put_many(db, records, dims=vectors.shape[1])
         for row, vector in zip(todo, vectors, strict=True):
             self.store.upsert(row.id, vector)
+        return len(todo)
 
     def _current(self, stored: vector_repo.StoredVector, memory: Memory) -> bool:
         return stored.model == self.model and stored.text_hash == text_hash(embed_text(memory))

@@ -5,7 +5,7 @@ What goes, with the cut-off = now - RETENTION_DAYS:
   session started long ago but active since is kept whole);
 - chat memory: past exchanges (memories of scope chat) created before the cut-off, each removal
   logged in `memory_changes` (`IndexSync.writing` + `applied`), so every replica's index drops them;
-- uploads: rows created before the cut-off and their files on disk;
+- uploads: rows created before the cut-off and their files (on disk, or objects in the bucket);
 - tickets (留言): those last written before the cut-off (open or closed).
 
 One replica at a time: every run first takes a database lock (c_app/db/retention.py: an advisory
@@ -24,18 +24,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-
-import anyio
 
 from ..config import Settings
 from ..db import retention as repo
 from ..db import tickets as tickets_repo
 from ..db.customers import delete_memories
 from ..db.models import utcnow
-from ..errors import NotFound
 from .index_sync import IndexSync
 from .upload_service import UploadService
 
@@ -236,7 +233,7 @@ class RetentionService:
                 names = await repo.delete_uploads(db, ids, cutoff)
                 # Files go before the commit (as in an erasure): should the commit fail, the rows remain
                 # and the next run finishes the job; files of committed deletes would be known to nobody.
-                files = await anyio.to_thread.run_sync(self._remove_files, names)
+                files = await self.uploads.remove_files(names)
             run.uploads += len(names)
             run.upload_files += files
             await self._pause(run)
@@ -255,13 +252,3 @@ class RetentionService:
             await self._pause(run)
             if len(ids) < self.batch or not removed:
                 return
-
-    def _remove_files(self, names: Iterable[str]) -> int:
-        removed = 0
-        for name in names:
-            try:
-                self.uploads.path_for(name).unlink()
-            except (NotFound, FileNotFoundError):
-                continue  # already gone
-            removed += 1
-        return removed

@@ -21,6 +21,7 @@ import os
 import re
 import struct
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +36,7 @@ from ..db.engine import Database
 from ..db.models import Upload, utcnow
 from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from ..security.signing import upload_url
+from .upload_storage import StoredStream, UploadStorage, build_storage
 
 logger = logging.getLogger(__name__)
 
@@ -496,7 +498,8 @@ class UploadService:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
-        self.directory = Path(settings.upload_dir).resolve()
+        self.directory = Path(settings.upload_dir).resolve()  # the files (local storage), scratch files
+        self.storage: UploadStorage = build_storage(settings, self.directory)
         self.limits = ImageLimits.from_settings(settings)
         # Decoding is CPU and memory: a few at once, in worker threads, the event loop left free.
         self._decoding = anyio.CapacityLimiter(settings.upload_decode_concurrency)
@@ -530,8 +533,7 @@ class UploadService:
             suffix, content_type = FORMATS[info.format]
             upload_id = uuid.uuid4().hex
             stored_name = f"{upload_id}{suffix}"
-            final = self.directory / stored_name
-            os.replace(stored, final)
+            await self.storage.put(stored_name, stored, content_type)
             row = Upload(
                 id=upload_id,
                 user_id=user_id,
@@ -548,7 +550,8 @@ class UploadService:
                 async with self.db.transaction() as db:
                     await repo.add(db, row)
             except BaseException:
-                final.unlink(missing_ok=True)
+                with anyio.CancelScope(shield=True):
+                    await self.storage.delete(stored_name)
                 raise
             return row
         finally:
@@ -582,19 +585,34 @@ class UploadService:
             raise BadRequest("请选择要上传的文件")
         return size
 
-    def path_for(self, stored_name: str) -> Path:
-        """The file of a stored upload; any name that is not one of ours is simply not found."""
-        if not STORED_NAME.fullmatch(stored_name):
+    async def get(self, stored_name: str, *, owner_id: str | None) -> Upload:
+        """The row of a stored upload whose file exists (limited to `owner_id`'s, unless None); any
+        name that is not one of ours, or whose file is gone, is simply not found."""
+        if not STORED_NAME.fullmatch(stored_name) or not await self.storage.exists(stored_name):
             raise NotFound("文件不存在")
-        path = self.directory / stored_name
-        if not path.is_file():
-            raise NotFound("文件不存在")
-        return path
-
-    async def get(self, stored_name: str, *, owner_id: str | None) -> tuple[Upload, Path]:
-        path = self.path_for(stored_name)
         async with self.db.read() as db:
             row = await repo.get_by_name(db, stored_name, owner_id=owner_id)
         if row is None:
             raise NotFound("文件不存在")
-        return row, path
+        return row
+
+    async def exists(self, stored_name: str) -> bool:
+        return bool(STORED_NAME.fullmatch(stored_name)) and await self.storage.exists(stored_name)
+
+    def local_path(self, row: Upload) -> Path | None:
+        """The file on this machine's disk (local storage), served as it is; None: stream it."""
+        return self.storage.local_path(row.stored_name)
+
+    async def read(self, row: Upload) -> bytes:
+        return await self.storage.get(row.stored_name)
+
+    async def stream(self, row: Upload) -> StoredStream:
+        return await self.storage.stream(row.stored_name)
+
+    async def remove_files(self, names: Iterable[str]) -> int:
+        """Remove the files of these stored names; returns how many there were (others: already gone)."""
+        removed = 0
+        for name in names:
+            if STORED_NAME.fullmatch(name) and await self.storage.delete(name):
+                removed += 1
+        return removed

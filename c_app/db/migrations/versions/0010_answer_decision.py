@@ -7,14 +7,14 @@ picks one of them (a click or its number), records the pair (the question before
 which the knowledge gaps pre-select.
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

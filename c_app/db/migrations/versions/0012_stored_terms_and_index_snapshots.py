@@ -6,14 +6,14 @@ lazily on their first search and written back. index_snapshots holds the knowled
 plain arrays with the change-log sequence number it covers.
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0010
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
