@@ -72,7 +72,10 @@ async def open_services(make_settings: Callable[..., Settings]) -> AsyncIterator
     opened: list[Services] = []
 
     async def open_(clock: Clock | None = None, **overrides: Any) -> Services:
-        settings = make_settings(**{"load_sample_kb": False, "retention_days": DAYS, **overrides})
+        # On PostgreSQL the purge is also a periodic job (tested in test_jobs.py): here only the
+        # test's own runs may purge, or a job run on the fake clock would race them.
+        defaults = {"load_sample_kb": False, "retention_days": DAYS, "jobs_worker": BACKEND != "postgresql"}
+        settings = make_settings(**{**defaults, **overrides})
         services = build_services(settings)
         if clock is not None:
             services.retention = RetentionService(services.sync, services.uploads, settings, now=clock)

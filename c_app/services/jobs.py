@@ -20,7 +20,6 @@ loop (RetentionService.start), which already takes the database lease. Nothing e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -118,11 +117,18 @@ class JobService:
         for task in (self._local_task, self._worker):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the database went away: stopping must still finish
+                    logger.warning("background jobs: the worker ended with an error", exc_info=True)
         self._local_task = self._worker = None
         if self.app is not None:
-            await self.app.close_async()
+            try:
+                await self.app.close_async()
+            except Exception:
+                logger.warning("background jobs: could not close the job engine's pool", exc_info=True)
             self.app = None
 
     def _build_app(self) -> App:
