@@ -436,6 +436,7 @@ def test_console_refuses_without_the_token(make_settings: Callable[..., Settings
         for asset in (
             "admin.js",
             "admin-core.js",
+            "dom.js",
             "admin-kb.js",
             "admin-gaps.js",
             "admin-charts.js",

@@ -17,27 +17,9 @@ export function authHeaders() {
   return value ? { Authorization: `Bearer ${value}` } : {};
 }
 
-export function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null) continue;
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
-  return node;
-}
+import { ApiError, el } from "./dom.js";
 
-export class ApiError extends Error {
-  constructor(status, message, details) {
-    super(message);
-    this.status = status;
-    this.details = details;
-  }
-}
+export { ApiError, el };
 
 // Set by admin.js: what a 401 does (back to the login form with a message).
 let onUnauthorized = () => {};

@@ -3,6 +3,7 @@
 // event stream (GET /api/v1/agent/events), read with fetch() so the token travels in the
 // Authorization header (EventSource cannot send headers, and the token never goes into a URL).
 // Plain ES module, no build step; server text is only ever put into the page as text nodes.
+import { ApiError, el } from "./dom.js";
 
 const API = "/api/v1/agent";
 const TOKEN_KEY = "c_app.agent_token";
@@ -33,24 +34,6 @@ const state = {
   suggestions: [], suggestIndex: 0,
 };
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
 
 const auth = () => (state.token ? { Authorization: `Bearer ${state.token}` } : {});
 

@@ -4,6 +4,7 @@
 // agent closes, and a ticket form when nobody is there.
 // Plain ES module, no build step, no third-party code. Text from the server is only ever put into
 // the page as text nodes (see markdown.js).
+import { ApiError, el } from "./dom.js";
 
 import { renderMarkdown, safeUrl } from "./markdown.js";
 
@@ -60,24 +61,6 @@ const state = {
 const auth = () => (state.token ? { Authorization: `Bearer ${state.token}` } : {});
 const sessionKey = `c_app.session.${state.user}`;
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
 
 async function api(path, { method = "GET", body, query = {} } = {}) {
   const url = new URL(API + path, location.origin);
