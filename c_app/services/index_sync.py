@@ -175,7 +175,8 @@ class IndexSync:
         self.snapshot_rejected = ""
         self._snapshot_seq = -1  # the change-log point of the newest snapshot this process knows of
         self._snapshot_task: asyncio.Task[bool] | None = None
-        self._snapshot_tried = 0.0
+        # Unforced snapshots wait INDEX_SNAPSHOT_INTERVAL from start (monotonic time starts at boot, not 0).
+        self._snapshot_tried = time.monotonic()
         self._holder = uuid.uuid4().hex
         self._last_seq = 0
         self._gaps: dict[int, float] = {}
