@@ -20,6 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from c_app.config import Settings
+from c_app.db.engine import create_engine
+from c_app.db.migrate import alembic_config
 
 from .servers import free_port
 
@@ -257,6 +263,58 @@ async def test_run_server_workers_share_database_rate_limits_and_url_key(
             assert [(await client.get(url)).status_code for _ in range(8)] == [200] * 8
     finally:
         stop_server(server)
+
+
+MIGRATE_ONCE = """
+import asyncio, sys
+from c_app.config import Settings
+from c_app.db.engine import create_engine
+from c_app.db.migrate import upgrade
+
+async def main() -> None:
+    engine = create_engine(Settings(_env_file=None))
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_starting_together_migrate_a_fresh_database_once(
+    database_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """`WORKERS=N` or replicas started at once on an empty database: every process's start-up
+    migration succeeds (one migrates, the others wait and find the schema current), whose schema is
+    the newest revision, created once."""
+    env = server_env(database_settings, tmp_path)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_ONCE],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = [
+        (await asyncio.to_thread(process.communicate, timeout=START_TIMEOUT))[0].decode(errors="replace")
+        for process in processes
+    ]
+    assert [process.returncode for process in processes] == [0] * 4, "\n".join(outputs)[-4000:]
+
+    async def revisions() -> list[str]:
+        engine = create_engine(Settings(_env_file=None, **database_settings))  # type: ignore[call-arg]
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        finally:
+            await engine.dispose()
+
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert await revisions() == heads
 
 
 def start_run_server(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:

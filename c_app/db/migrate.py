@@ -27,7 +27,13 @@ def _upgrade(connection: Any, revision: str) -> None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
+    """Processes starting together (replicas, `WORKERS=N`) migrate one at a time: the others wait,
+    then find the schema current. PostgreSQL: an advisory lock. SQLite: the database's write lock,
+    taken up front (its driver would otherwise run each CREATE outside any transaction, and two
+    processes would both create the first table); a waiting process queues for SQLITE_BUSY_TIMEOUT_MS."""
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
         await conn.run_sync(_upgrade, revision)
