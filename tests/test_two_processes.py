@@ -290,8 +290,10 @@ async def test_processes_starting_together_migrate_a_fresh_database_once(
     the newest revision, created once."""
     env = server_env(database_settings, tmp_path)
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE_ONCE],
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            MIGRATE_ONCE,
             env=env,
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -300,7 +302,7 @@ async def test_processes_starting_together_migrate_a_fresh_database_once(
         for _ in range(4)
     ]
     outputs = [
-        (await asyncio.to_thread(process.communicate, timeout=START_TIMEOUT))[0].decode(errors="replace")
+        (await asyncio.wait_for(process.communicate(), START_TIMEOUT))[0].decode(errors="replace")
         for process in processes
     ]
     assert [process.returncode for process in processes] == [0] * 4, "\n".join(outputs)[-4000:]
