@@ -73,6 +73,10 @@ def _drop_schema() -> Iterator[None]:
 
 
 @schema.parametrize()
+# Hypothesis warns when the global `random` state moves while it draws a case. Here it is moved by
+# other threads (client libraries' retry jitter, left from earlier tests) at arbitrary moments, which
+# made this test fail now and then on a case that passed when replayed; draws are derandomized anyway.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @settings(
     max_examples=15,
     derandomize=True,
