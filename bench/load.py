@@ -4,6 +4,7 @@
     python bench/load.py --backend sqlite --clients 50 --duration 10
     python bench/load.py --backend sqlite --workers 2 --root /path/to/other/checkout
     python bench/load.py --backend sqlite --profile /tmp/turn.pyisession  # pyinstrument on the server
+    python bench/load.py --backend sqlite --clients 50 --duration 10 --model-chunks 50  # the model turn
 
 Reports turns/s, p50/p99 turn latency (request sent -> `[DONE]` read) and first byte, the server's
 CPU time per turn and resident memory over time; then checks in the database that every
@@ -28,7 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,20 @@ async def client_loop(
         turn += 1
 
 
+def rss_now(pid: int) -> int:
+    """Resident memory of the server and its worker processes, summed."""
+    total = 0
+    for process in process_tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 async def sample_rss(pid: int, started: float, stop: asyncio.Event, results: Results) -> None:
-    process = psutil.Process(pid)
     while not stop.is_set():
-        rss = sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-        results.rss.append((time.monotonic() - started, rss))
+        results.rss.append((time.monotonic() - started, rss_now(pid)))
         try:
             await asyncio.wait_for(stop.wait(), timeout=2.0)
         except TimeoutError:
@@ -124,13 +134,13 @@ def start_server(command: list[str], env: dict[str, str], workdir: Path) -> subp
         )
 
 
-async def wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
+async def wait_ready(base: str, server: subprocess.Popen[bytes], path: str = "/health") -> None:
     async with httpx.AsyncClient(base_url=base) as http:
         for _ in range(600):
             if server.poll() is not None:
                 raise RuntimeError("server exited during start-up")
             try:
-                if (await http.get("/health")).status_code == 200:
+                if (await http.get(path)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -212,6 +222,35 @@ def percentile(values: list[float], share: float) -> float | None:
     return ordered[int(share * (len(ordered) - 1))] if ordered else None
 
 
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@asynccontextmanager
+async def standin_model(chunks: int) -> AsyncIterator[str]:
+    """The stand-in model (tests/llm_standin.py, its own process) streaming `chunks` one-character
+    chunks per answer as fast as it can; yields its OpenAI base URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="c_app-standin-"))
+    port = free_port()
+    command = [sys.executable, "-m", "tests.llm_standin", "--port", str(port), "--chunks", str(chunks)]
+    process = start_server(command, {"PYTHONPATH": str(ROOT)}, workdir)
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", process, "/v1/models")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process(process)
+
+
+def model_env(model_url: str) -> dict[str, str]:
+    """c_app's settings for the model turn: the LLM responder on `model_url` (the knowledge base
+    still retrieves and decides; the model writes every answer)."""
+    return {"LLM_API_KEY": "sk-bench", "LLM_BASE_URL": model_url, "LLM_TIMEOUT": "120"}
+
+
 @dataclass
 class Server:
     """A c_app server (run_server.py of a checkout) on loopback, with its own database."""
@@ -265,11 +304,7 @@ async def c_app_server(
         await wait_ready(server.base, process)
         yield server
     finally:
-        process.send_signal(signal.SIGINT if profile is not None else signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, signal.SIGINT if profile is not None else signal.SIGTERM)
         if backend != "sqlite":
             conn = await asyncpg.connect(PG_URL)
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -342,9 +377,14 @@ async def run(
     root: Path = ROOT,
     workers: int = 1,
     profile: Path | None = None,
+    model_chunks: int = 0,
 ) -> dict[str, Any]:
     results = Results()
-    async with c_app_server(backend, root=root, workers=workers, profile=profile) as server:
+    async with AsyncExitStack() as stack:
+        env = model_env(await stack.enter_async_context(standin_model(model_chunks))) if model_chunks else {}
+        server = await stack.enter_async_context(
+            c_app_server(backend, root=root, workers=workers, env=env, profile=profile)
+        )
         run = await drive(server.base, clients, duration, results, pid=server.process.pid, sample=True)
         problems = await verify(server, results)
     turns = run.turns
@@ -352,6 +392,7 @@ async def run(
     mib = 1024 * 1024
     return {
         "backend": backend,
+        "turn": f"model ({model_chunks} chunks)" if model_chunks else "offline responder",
         "root": str(root),
         "workers": workers,
         "clients": clients,
@@ -390,6 +431,12 @@ def main() -> None:
         type=Path,
         help="pyinstrument report of the server (one worker; the format by the suffix: .pyisession, .html, .txt)",
     )
+    parser.add_argument(
+        "--model-chunks",
+        type=int,
+        default=0,
+        help="answer with the model: a stand-in streaming this many chunks (0: the offline responder)",
+    )
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     failed = False
@@ -403,6 +450,7 @@ def main() -> None:
                 root=args.root.resolve(),
                 workers=args.workers,
                 profile=profile,
+                model_chunks=args.model_chunks,
             )
         )
         print(json.dumps(report, ensure_ascii=False, indent=1), flush=True)
