@@ -1,7 +1,7 @@
 """Issue 12 in one run: what a c_app turn costs next to the least a server can do for it.
 
     python bench/proxy_cost.py                                # both backends, 8 s a phase, RSS 300 x 60 s
-    python bench/proxy_cost.py --root /work/wt/perf-base      # the same against another checkout's server
+    python bench/proxy_cost.py --root /work/wt/perf-base .    # before and after, side by side in one run
     python bench/proxy_cost.py --rss-clients 100 --rss-seconds 10 --duration 4   # a quick run
     python bench/proxy_cost.py --parts ratios                 # everything but the RSS load
 
@@ -50,8 +50,9 @@ WARM_UP_SECONDS = 2.0
 class Phase:
     """One measured drive: `clients` clients for the phase's duration against one server."""
 
-    server: str  # relay, fixed, c_app model, c_app offline
-    backend: str  # sqlite, postgresql, or "-" for the bare servers
+    server: str  # relay, fixed, model (c_app), offline (c_app)
+    root: str  # the c_app checkout's name; "-" for the bare servers
+    backend: str  # sqlite, postgresql; "-" for the bare servers
     workers: int
     clients: int
     run: load.Drive
@@ -61,6 +62,7 @@ class Phase:
         run = self.run
         return {
             "server": self.server,
+            "root": self.root,
             "backend": self.backend,
             "workers": self.workers,
             "clients": self.clients,
@@ -75,28 +77,21 @@ class Phase:
 
 @dataclass
 class Bench:
-    root: Path
     duration: float
     clients: int
     results: load.Results = field(default_factory=load.Results)  # the bare servers' turns
     phases: list[Phase] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, phase: Phase) -> Phase:
+    def add(self, phase: Phase) -> None:
         self.phases.append(phase)
         print(json.dumps(phase.row(), ensure_ascii=False), flush=True)
-        return phase
 
-    def find(self, server: str, backend: str, clients: int, workers: int = 1) -> Phase | None:
-        for phase in self.phases:
-            if (phase.server, phase.backend, phase.clients, phase.workers) == (
-                server,
-                backend,
-                clients,
-                workers,
-            ):
-                return phase
-        return None
+    def find(self, server: str, root: str, backend: str, clients: int, workers: int = 1) -> Phase | None:
+        key = (server, root, backend, clients, workers)
+        return next(
+            (p for p in self.phases if (p.server, p.root, p.backend, p.clients, p.workers) == key), None
+        )
 
 
 def _ms(values: list[float]) -> float | None:
@@ -121,16 +116,16 @@ async def bare_server(kind: str, model_url: str | None = None) -> AsyncIterator[
 
 
 async def measure_bare(bench: Bench, kind: str, model_url: str | None) -> None:
-    name = "relay" if kind == "relay" else "fixed"
     async with bare_server(kind, model_url) as (base, pid):
         await load.drive(base, bench.clients, WARM_UP_SECONDS, bench.results, tag="w")
         for clients in (1, bench.clients):
             run = await load.drive(base, clients, bench.duration, bench.results, tag=f"{clients}", pid=pid)
-            bench.add(Phase(name, "-", 1, clients, run))
+            bench.add(Phase(kind, "-", "-", 1, clients, run))
 
 
 async def measure_c_app(
     bench: Bench,
+    root: Path,
     backend: str,
     *,
     model_url: str | None,
@@ -139,186 +134,169 @@ async def measure_c_app(
     seconds: float | None = None,
     rss: bool = False,
 ) -> None:
-    """c_app's server on a fresh database: a warm-up, then each client count in turn; the
+    """`root`'s c_app server on a fresh database: a warm-up, then each client count in turn; the
     database check over every turn acknowledged on it."""
-    name = "c_app model" if model_url is not None else "c_app offline"
+    name = "model" if model_url is not None else "offline"
     env = load.model_env(model_url) if model_url is not None else {}
     results = load.Results()
-    async with load.c_app_server(backend, root=bench.root, workers=workers, env=env) as server:
+    async with load.c_app_server(backend, root=root, workers=workers, env=env) as server:
         pid = server.process.pid
         await load.drive(server.base, bench.clients, WARM_UP_SECONDS, results, tag="w")
         for clients in client_counts:
-            before = len(results.rss)
             run = await load.drive(
-                server.base,
-                clients,
-                seconds or bench.duration,
-                results,
-                tag=f"{clients}",
-                pid=pid,
-                sample=rss,
+                server.base, clients, seconds or bench.duration, results, tag=f"{clients}", pid=pid
             )
-            rss_mib = None
-            if rss and len(results.rss) > before:
-                rss_mib = round(load.rss_now(pid) / (1024 * 1024), 1)
-            bench.add(Phase(name, backend, workers, clients, run, rss_mib))
+            rss_mib = round(load.rss_now(pid) / (1024 * 1024), 1) if rss else None
+            bench.add(Phase(name, root.name, backend, workers, clients, run, rss_mib))
         problems = await load.verify(server, results)
-    failures = results.failures
-    if failures or problems:
-        print(json.dumps({"server": name, "backend": backend, "failures": failures[:5], "db": problems[:5]}))
-    bench.problems += [f"{name} {backend}: {p}" for p in failures + problems]
+    where = f"{name} {root.name} {backend} WORKERS={workers}"
+    if results.failures or problems:
+        print(json.dumps({"server": where, "failures": results.failures[:5], "db": problems[:5]}))
+    bench.problems += [f"{where}: {p}" for p in results.failures + problems]
+
+
+# -- the table ----------------------------------------------------------------------------------
 
 
 def _ratio(top: Phase | None, bottom: Phase | None) -> float | None:
     if top is None or bottom is None or not bottom.run.turns_per_s:
         return None
-    return round(top.run.turns_per_s / bottom.run.turns_per_s, 2)
+    return top.run.turns_per_s / bottom.run.turns_per_s
 
 
 def _ttfb(phase: Phase | None) -> float | None:
     return _ms(phase.run.first_bytes) if phase is not None else None
 
 
-def _minus(a: float | None, b: float | None) -> float | None:
-    return round(a - b, 1) if a is not None and b is not None else None
-
-
-def _met(value: float | None, ok: bool) -> str:
-    return "-" if value is None else ("yes" if ok else "no")
-
-
-def table(bench: Bench, backends: list[str]) -> str:
-    n = bench.clients
-    relay1, relay_n = bench.find("relay", "-", 1), bench.find("relay", "-", n)
-    fixed_n = bench.find("fixed", "-", n)
-    rows: list[tuple[str, str, str, str]] = []
-    for backend in backends:
-        model1 = bench.find("c_app model", backend, 1)
-        model_n = bench.find("c_app model", backend, n)
-        off1, off_n = bench.find("c_app offline", backend, 1), bench.find("c_app offline", backend, n)
-        added = _minus(_ttfb(model1), _ttfb(relay1))
-        rows.append(
-            (
-                f"{backend}: model turn, 1 client, added first byte p50 (c_app {_ttfb(model1)} ms - relay {_ttfb(relay1)} ms)",
-                "≤ 5 ms (≤ 3)",
-                f"{added} ms",
-                _met(added, added is not None and added <= 5),
-            )
-        )
-        ratio = _ratio(model_n, relay_n)
-        rows.append(
-            (
-                (
-                    f"{backend}: model turn, {n} clients, turns/s over the relay's "
-                    f"({_tps(model_n)} / {_tps(relay_n)})"
-                ),
-                "≥ 0.6×",
-                f"{ratio}×",
-                _met(ratio, ratio is not None and ratio >= 0.6),
-            )
-        )
-        ratio = _ratio(off_n, fixed_n)
-        rows.append(
-            (
-                (
-                    f"{backend}: offline turn, {n} clients, turns/s over the bare fixed endpoint's "
-                    f"({_tps(off_n)} / {_tps(fixed_n)})"
-                ),
-                "≥ 0.7×",
-                f"{ratio}×",
-                _met(ratio, ratio is not None and ratio >= 0.7),
-            )
-        )
-        first = _ttfb(off1)
-        rows.append(
-            (
-                f"{backend}: offline turn, 1 client, first byte p50 (fixed endpoint {_ttfb(bench.find('fixed', '-', 1))} ms)",
-                "≤ 5 ms",
-                f"{first} ms",
-                _met(first, first is not None and first <= 5),
-            )
-        )
-        two = bench.find("c_app offline", backend, n, workers=2)
-        ratio = _ratio(two, off_n)
-        rows.append(
-            (
-                f"{backend}: offline turn, {n} clients, WORKERS=2 over WORKERS=1 ({_tps(two)} / {_tps(off_n)})",
-                "≥ 1.3×",
-                f"{ratio}×",
-                _met(ratio, ratio is not None and ratio >= 1.3),
-            )
-        )
-        for phase in (model_n, off_n):
-            if phase is not None:
-                rows.append(
-                    (
-                        f"{backend}: {phase.server}, {n} clients, server CPU per turn",
-                        "-",
-                        f"{_cpu(phase)} ms",
-                        "",
-                    )
-                )
-    if "sqlite" in backends and "postgresql" in backends:
-        for server in ("c_app offline", "c_app model"):
-            pg, lite = bench.find(server, "postgresql", n), bench.find(server, "sqlite", n)
-            ratio = _ratio(pg, lite)
-            rows.append(
-                (
-                    f"{server[6:]} turn, {n} clients, PostgreSQL turns/s over SQLite's ({_tps(pg)} / {_tps(lite)})",
-                    "≥ 0.75× (within 25%)",
-                    f"{ratio}×",
-                    _met(ratio, ratio is not None and ratio >= 0.75),
-                )
-            )
-    for phase in bench.phases:
-        if phase.rss_mib is not None:
-            rows.append(
-                (
-                    (
-                        f"RSS after {phase.run.seconds:.0f} s at {phase.clients} clients, WORKERS={phase.workers} "
-                        f"({phase.backend}, {_tps(phase)} turns/s)"
-                    ),
-                    "reported",
-                    f"{phase.rss_mib} MiB",
-                    "",
-                )
-            )
-    lines = ["| measure | target | value | met |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
-
-
 def _tps(phase: Phase | None) -> str:
     return f"{phase.run.turns_per_s:.1f}" if phase is not None else "-"
 
 
-def _cpu(phase: Phase) -> str:
-    value = phase.run.cpu_ms_per_turn
-    return f"{value:.1f}" if value is not None else "-"
+def _cell(value: float | None, unit: str, ok: bool | None, detail: str = "") -> str:
+    if value is None:
+        return "-"
+    verdict = "" if ok is None else (" **met**" if ok else " not met")
+    return f"{value:.2f}{unit}{verdict}" + (f" ({detail})" if detail else "")
+
+
+def table(bench: Bench, roots: list[str], backends: list[str]) -> str:
+    """The issue's targets, one column per checkout measured."""
+    n = bench.clients
+    relay1, relay_n = bench.find("relay", "-", "-", 1), bench.find("relay", "-", "-", n)
+    fixed1, fixed_n = bench.find("fixed", "-", "-", 1), bench.find("fixed", "-", "-", n)
+    lines = [
+        (
+            f"bare relay: first byte p50 {_ttfb(relay1)} ms at 1 client, {_tps(relay_n)} turns/s at {n}; "
+            f"bare fixed endpoint: first byte p50 {_ttfb(fixed1)} ms, {_tps(fixed_n)} turns/s at {n}"
+        ),
+        "",
+        "| measure | target | " + " | ".join(roots) + " |",
+        "|---|---|" + "---|" * len(roots),
+    ]
+
+    def row(measure: str, target: str, cell: Any) -> None:
+        lines.append(f"| {measure} | {target} | " + " | ".join(cell(root) for root in roots) + " |")
+
+    for b in backends:
+
+        def added(root: str, b: str = b) -> str:
+            model = bench.find("model", root, b, 1)
+            c_app, relay = _ttfb(model), _ttfb(relay1)
+            value = c_app - relay if c_app is not None and relay is not None else None
+            return _cell(value, " ms", value is not None and value <= 5, f"{c_app} - {relay}")
+
+        def model_ratio(root: str, b: str = b) -> str:
+            model = bench.find("model", root, b, n)
+            value = _ratio(model, relay_n)
+            return _cell(value, "×", value is not None and value >= 0.6, f"{_tps(model)} turns/s")
+
+        def offline_ratio(root: str, b: str = b) -> str:
+            offline = bench.find("offline", root, b, n)
+            value = _ratio(offline, fixed_n)
+            return _cell(value, "×", value is not None and value >= 0.7, f"{_tps(offline)} turns/s")
+
+        def offline_first(root: str, b: str = b) -> str:
+            value = _ttfb(bench.find("offline", root, b, 1))
+            return _cell(value, " ms", value is not None and value <= 5)
+
+        def workers(root: str, b: str = b) -> str:
+            one, two = bench.find("offline", root, b, n), bench.find("offline", root, b, n, workers=2)
+            value = _ratio(two, one)
+            return _cell(value, "×", value is not None and value >= 1.3, f"{_tps(two)} / {_tps(one)}")
+
+        def cpu(server: str, b: str = b) -> Any:
+            def cell(root: str) -> str:
+                phase = bench.find(server, root, b, n)
+                return _cell(phase.run.cpu_ms_per_turn if phase else None, " ms", None)
+
+            return cell
+
+        row(f"{b}: model turn, 1 client: added first byte p50 over the relay", "≤ 5 ms (≤ 3)", added)
+        row(f"{b}: model turn, {n} clients: turns/s over the relay's", "≥ 0.6×", model_ratio)
+        row(f"{b}: offline turn, {n} clients: turns/s over the fixed endpoint's", "≥ 0.7×", offline_ratio)
+        row(f"{b}: offline turn, 1 client: first byte p50", "≤ 5 ms", offline_first)
+        row(f"{b}: offline turn, {n} clients: WORKERS=2 over WORKERS=1", "≥ 1.3×", workers)
+        row(f"{b}: model turn, {n} clients: server CPU per turn", "-", cpu("model"))
+        row(f"{b}: offline turn, {n} clients: server CPU per turn", "-", cpu("offline"))
+    if "sqlite" in backends and "postgresql" in backends:
+        for server in ("offline", "model"):
+
+            def pg_ratio(root: str, server: str = server) -> str:
+                pg, lite = bench.find(server, root, "postgresql", n), bench.find(server, root, "sqlite", n)
+                value = _ratio(pg, lite)
+                return _cell(value, "×", value is not None and value >= 0.75, f"{_tps(pg)} / {_tps(lite)}")
+
+            row(f"{server} turn, {n} clients: PostgreSQL turns/s over SQLite's", "≥ 0.75×", pg_ratio)
+    for phase in bench.phases:
+        if phase.rss_mib is not None and phase.root == roots[0]:
+            clients, workers, seconds = phase.clients, phase.workers, phase.run.seconds
+
+            def rss(root: str, clients: int = clients, workers: int = workers) -> str:
+                found = next(
+                    (
+                        p
+                        for p in bench.phases
+                        if p.rss_mib is not None
+                        and (p.root, p.clients, p.workers) == (root, clients, workers)
+                    ),
+                    None,
+                )
+                return _cell(found.rss_mib, " MiB", None, f"{_tps(found)} turns/s") if found else "-"
+
+            row(f"sqlite: RSS after {seconds:.0f} s at {clients} clients, WORKERS={workers}", "reported", rss)
+    return "\n".join(lines)
 
 
 async def run(args: argparse.Namespace) -> Bench:
-    bench = Bench(root=args.root.resolve(), duration=args.duration, clients=args.clients)
+    bench = Bench(duration=args.duration, clients=args.clients)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    roots = [root.resolve() for root in args.root]
     if "ratios" in args.parts:
         async with load.standin_model(args.chunks) as model_url:
             await measure_bare(bench, "relay", model_url)
             await measure_bare(bench, "fixed", None)
             for backend in backends:
-                await measure_c_app(bench, backend, model_url=model_url, client_counts=(1, bench.clients))
-                await measure_c_app(bench, backend, model_url=None, client_counts=(1, bench.clients))
-                await measure_c_app(bench, backend, model_url=None, workers=2, client_counts=(bench.clients,))
+                for root in roots:  # before and after side by side, under the same load
+                    await measure_c_app(
+                        bench, root, backend, model_url=model_url, client_counts=(1, args.clients)
+                    )
+                    await measure_c_app(bench, root, backend, model_url=None, client_counts=(1, args.clients))
+                    await measure_c_app(
+                        bench, root, backend, model_url=None, workers=2, client_counts=(args.clients,)
+                    )
     if "rss" in args.parts:
-        for workers in (1, 2):
-            await measure_c_app(
-                bench,
-                "sqlite",
-                model_url=None,
-                workers=workers,
-                client_counts=(args.rss_clients,),
-                seconds=args.rss_seconds,
-                rss=True,
-            )
+        for root in roots:
+            for workers in (1, 2):
+                await measure_c_app(
+                    bench,
+                    root,
+                    "sqlite",
+                    model_url=None,
+                    workers=workers,
+                    client_counts=(args.rss_clients,),
+                    seconds=args.rss_seconds,
+                    rss=True,
+                )
     return bench
 
 
@@ -327,7 +305,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--root", type=Path, default=load.ROOT, help="the checkout whose c_app server to run")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        nargs="+",
+        default=[load.ROOT],
+        help="the checkouts whose c_app servers to run (several: side by side in the table)",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
     parser.add_argument("--clients", type=int, default=50, help="the concurrent clients of (b), (c), (e)")
     parser.add_argument("--chunks", type=int, default=50, help="chunks per answer of the stand-in model")
@@ -339,8 +323,11 @@ def main() -> None:
     args = parser.parse_args()
     bench = asyncio.run(run(args))
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    print(f"\nroot: {bench.root}; {args.duration:.0f} s per phase; stand-in model: {args.chunks} chunks\n")
-    print(table(bench, backends))
+    roots = [str(root.resolve()) for root in args.root]
+    print(
+        f"\nroots: {', '.join(roots)}; {args.duration:.0f} s per phase; stand-in model: {args.chunks} chunks\n"
+    )
+    print(table(bench, [Path(root).name for root in roots], backends))
     failures = bench.problems + [f"bare server: {f}" for f in bench.results.failures]
     if failures:
         print("\nproblems:", *failures[:10], sep="\n  ")
