@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
 from c_app.db.models import ChatSession, Memory, Message
+from c_app.services.chat_service import until_stopped
 
 from .conftest import BACKEND
 from .utils import answer_text, chat_body, count, rows, sse_data, upload_image
@@ -306,3 +309,36 @@ async def test_the_busy_timeout_expiring_on_the_answer_is_an_error_not_done(star
     assert [m.role for m in await rows(app, Message)] == ["user"]
     [session] = await rows(app, ChatSession, ChatSession.id == "session456")
     assert session.message_count == 1
+
+
+async def test_a_stop_cancels_a_waiting_step_and_never_the_callers_own_work() -> None:
+    """until_stopped runs the engine's steps in the caller's task: a stop while a step waits
+    cancels it (the engine closes), a stop while the caller handles an event leaves the caller's
+    own awaits alone and closes the engine before the next step; the task is left uncancelled."""
+    closed: list[str] = []
+
+    async def engine(name: str) -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.Event().wait()  # the model never answers again
+            yield 2
+        finally:
+            closed.append(name)
+
+    stop = asyncio.Event()
+    seen = []
+    async for item in until_stopped(engine("between"), stop):
+        seen.append(item)
+        stop.set()
+        await asyncio.sleep(0.01)  # the caller's own await, after the stop: not cancelled
+        seen.append(-item)
+    assert seen == [1, -1] and closed == ["between"]
+
+    stop = asyncio.Event()
+    seen = []
+    async for item in until_stopped(engine("waiting"), stop):
+        seen.append(item)
+        asyncio.get_running_loop().call_later(0.01, stop.set)  # while the next step waits
+    assert seen == [1] and closed == ["between", "waiting"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
