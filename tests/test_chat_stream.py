@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+
+import pytest
 
 from c_app.db.models import ChatSession, Memory, Message
+from c_app.services.chat_service import until_stopped
 
+from .conftest import BACKEND
 from .utils import answer_text, chat_body, count, rows, sse_data, upload_image
 
 STREAM = "/api/v1/chat/stream"
@@ -213,7 +219,7 @@ async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(ap
     async def broken(*args, **kwargs):
         raise RuntimeError("chat memory unavailable")
 
-    app.state.services.memory.add_exchange = broken
+    app.state.services.memory.exchange = broken
     response = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
     frames = [block for block in response.text.split("\n\n") if block]
     done = json.loads(frames[-1].split("data: ", 1)[1])
@@ -221,3 +227,118 @@ async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(ap
     answer = [m for m in await rows(app, Message) if m.role == "assistant"]
     assert [m.id for m in answer] == [done["message_id"]]
     assert await count(app, Memory, Memory.scope == "chat") == 0
+
+
+async def test_an_exchange_failing_in_the_answers_transaction_keeps_the_answer(app, client):
+    """The chat memory is written in the answer's transaction: when that write fails, the answer
+    is stored alone, and `done` names it."""
+    memory = app.state.services.memory
+    prepare = memory.exchange
+
+    async def failing_write(*args, **kwargs):
+        exchange = await prepare(*args, **kwargs)
+
+        async def write(db):
+            raise RuntimeError("chat memory unavailable")
+
+        exchange.write = write
+        return exchange
+
+    memory.exchange = failing_write
+    response = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
+    frames = [block for block in response.text.split("\n\n") if block]
+    done = json.loads(frames[-1].split("data: ", 1)[1])
+    assert frames[-1].startswith("event: done") and done["status"] == "complete"
+    answer = [m for m in await rows(app, Message) if m.role == "assistant"]
+    assert [m.id for m in answer] == [done["message_id"]]
+    assert await count(app, Memory, Memory.scope == "chat") == 0
+    [session] = await rows(app, ChatSession, ChatSession.id == "session456")
+    assert session.message_count == 2  # the failed transaction moved nothing
+
+
+async def test_an_answer_that_cannot_be_stored_ends_with_an_error_not_done(app, client):
+    """Storing the answer fails (the database refuses it, twice): the client is never told
+    `[DONE]`, it gets the seed's error event, and nothing of the answer is kept."""
+    from sqlalchemy.exc import OperationalError
+
+    sessions = app.state.services.sessions
+    add_message = sessions.add_message
+
+    async def refusing(*args, **kwargs):
+        if kwargs.get("role") == "assistant":
+            raise OperationalError("INSERT INTO messages", {}, Exception("database is locked"))
+        return await add_message(*args, **kwargs)
+
+    sessions.add_message = refusing
+    response = await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+    data = sse_data(response.text)
+    assert "[DONE]" not in data
+    assert json.loads(data[-1]) == {"error": "处理聊天请求时发生错误，请稍后重试"}
+    assert [m.role for m in await rows(app, Message)] == ["user"]
+    assert await count(app, Memory, Memory.scope == "chat") == 0
+
+    typed = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
+    kinds = [block.split("\n", 1)[0] for block in typed.text.split("\n\n") if block]
+    assert "event: done" not in kinds and kinds[-1] == "event: error"
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's busy timeout")
+async def test_the_busy_timeout_expiring_on_the_answer_is_an_error_not_done(start_app, tmp_path):
+    """Heavy load on SQLite: another writer holds the lock past the busy timeout while the answer
+    is stored. The client must not read `[DONE]` for an answer that is not there."""
+    import sqlite3
+
+    app, client = await start_app(sqlite_busy_timeout_ms=100)
+    memory = app.state.services.memory
+    search = memory.search
+    holder = sqlite3.connect(app.state.settings.memory_db_path, isolation_level=None)
+
+    async def search_then_lock(*args, **kwargs):
+        hits = await search(*args, **kwargs)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, until the answer has given up
+        return hits
+
+    memory.search = search_then_lock
+    try:
+        response = await client.post(STREAM, json=chat_body("买东西怎么开发票？"))
+    finally:
+        holder.rollback()
+        holder.close()
+    data = sse_data(response.text)
+    assert "[DONE]" not in data and json.loads(data[-1]) == {"error": "处理聊天请求时发生错误，请稍后重试"}
+    assert [m.role for m in await rows(app, Message)] == ["user"]
+    [session] = await rows(app, ChatSession, ChatSession.id == "session456")
+    assert session.message_count == 1
+
+
+async def test_a_stop_cancels_a_waiting_step_and_never_the_callers_own_work() -> None:
+    """until_stopped runs the engine's steps in the caller's task: a stop while a step waits
+    cancels it (the engine closes), a stop while the caller handles an event leaves the caller's
+    own awaits alone and closes the engine before the next step; the task is left uncancelled."""
+    closed: list[str] = []
+
+    async def engine(name: str) -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.Event().wait()  # the model never answers again
+            yield 2
+        finally:
+            closed.append(name)
+
+    stop = asyncio.Event()
+    seen = []
+    async for item in until_stopped(engine("between"), stop):
+        seen.append(item)
+        stop.set()
+        await asyncio.sleep(0.01)  # the caller's own await, after the stop: not cancelled
+        seen.append(-item)
+    assert seen == [1, -1] and closed == ["between"]
+
+    stop = asyncio.Event()
+    seen = []
+    async for item in until_stopped(engine("waiting"), stop):
+        seen.append(item)
+        asyncio.get_running_loop().call_later(0.01, stop.set)  # while the next step waits
+    assert seen == [1] and closed == ["between", "waiting"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0

@@ -401,24 +401,28 @@ async def test_an_answer_finishing_after_the_erase_stores_nothing(llm_replicas) 
     assert private_or_chat(await a.memory.search("u1", "退货流程", limit=5)) == []
 
 
-async def test_an_exchange_remembered_just_after_the_erase_is_forgotten(replicas) -> None:
-    """The erase lands between the answer being stored and the exchange being remembered."""
+async def test_an_erase_just_before_the_answer_is_stored_leaves_no_exchange(replicas) -> None:
+    """The erase lands after the answer has streamed, just before its transaction (the answer
+    and its exchange are stored together): neither is kept, in either process."""
     a, b = replicas
-    remember = a.memory.add_exchange
+    prepare = a.memory.exchange
 
-    async def erase_first(*args: Any, **kwargs: Any) -> None:
+    async def erase_first(*args: Any, **kwargs: Any) -> Any:
+        exchange = await prepare(*args, **kwargs)
         await b.customer_data.erase("u1", CONTEXT)
-        await remember(*args, **kwargs)
+        return exchange
 
-    a.memory.add_exchange = erase_first  # type: ignore[method-assign]
+    a.memory.exchange = erase_first  # type: ignore[method-assign]
     turn = await a.chat.prepare(user_id="u1", session_id="s1", message=ChatMessage(content="你好"))
     events = [event async for event in a.chat.answer(turn)]
-    assert isinstance(events[-1], DoneEvent) and events[-1].status == "complete"
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.status == "complete" and done.message_id is None
     async with a.db.read() as db:
         from sqlalchemy import func, select
 
         remaining = select(func.count()).select_from(Memory).where(Memory.owner_id == "u1")
         assert (await db.execute(remaining)).scalar_one() == 0
+        assert (await db.execute(select(func.count()).select_from(Message))).scalar_one() == 0
     for services in (a, b):
         await services.sync.refresh(force=True)
         assert private_or_chat(await services.memory.search("u1", "你好", limit=5)) == []

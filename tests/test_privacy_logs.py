@@ -170,7 +170,7 @@ async def test_offline_turns_and_their_failures_log_no_personal_data(
         # What a database driver's error looks like: the statement's parameters quoted.
         raise RuntimeError(f"INSERT INTO memories (content) VALUES (?) [parameters: ({args!r})]")
 
-    monkeypatch.setattr(services.memory, "add_exchange", storage_error)
+    monkeypatch.setattr(services.memory, "exchange", storage_error)
     await client.post(STREAM, json=chat_body(TEXT, user_id=USER, session_id=SESSION))
 
     async def search_error(user_id: str, query: str, **kwargs: Any) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Message, utcnow
+
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 
 
 async def add(
@@ -31,28 +33,29 @@ async def add(
     score: float | None = None,
     choices: list[int] | None = None,
 ) -> Message:
-    row = Message(
-        session_id=session_id,
-        user_id=user_id,
-        role=role,
-        content=content,
-        parts=parts,
-        status=status,
-        engine=engine,
-        sources=sources,
-        usage=usage,
-        latency_ms=latency_ms,
-        outcome=outcome,
-        entry_id=entry_id,
-        agent_id=agent_id,
-        agent_name=agent_name,
-        score=score,
-        choices=choices,
-        created_at=utcnow(),
-    )
-    db.add(row)
-    await db.flush()
-    return row
+    """Insert a message with one Core INSERT (a turn stores two: no ORM unit of work for them);
+    returns it as a detached row carrying its new id."""
+    values: dict[str, Any] = {
+        "session_id": session_id,
+        "user_id": user_id,
+        "role": role,
+        "content": content,
+        "parts": parts,
+        "status": status,
+        "engine": engine,
+        "sources": sources,
+        "usage": usage,
+        "latency_ms": latency_ms,
+        "outcome": outcome,
+        "entry_id": entry_id,
+        "agent_id": agent_id,
+        "agent_name": agent_name,
+        "score": score,
+        "choices": choices,
+        "created_at": utcnow(),
+    }
+    new_id = (await db.execute(insert(_MESSAGES).values(values).returning(_MESSAGES.c.id))).scalar_one()
+    return Message(id=new_id, **values)
 
 
 async def list_recent(

@@ -55,13 +55,30 @@ async def list_for_user(db: AsyncSession, user_id: str, *, limit: int, offset: i
     return list((await db.execute(query)).scalars())
 
 
-async def record_messages(db: AsyncSession, session_id: str, *, count: int, at: datetime) -> None:
-    """Move the session's message count and last activity (atomic increment, safe under concurrency)."""
-    await db.execute(
-        update(ChatSession)
-        .where(ChatSession.id == session_id)
-        .values(message_count=ChatSession.message_count + count, last_activity_at=at)
-    )
+async def record_messages(
+    db: AsyncSession,
+    session_id: str,
+    *,
+    count: int,
+    at: datetime,
+    owner_id: str | None = None,
+    status: str | None = None,
+) -> str | None:
+    """Move the session's message count and last activity (atomic increment, safe under
+    concurrency), and set its status when given. Returns the session's status, None when there is
+    no such session (of `owner_id`, when given).
+
+    First in a transaction that stores messages, it takes the session row's lock (SQLite: the
+    write lock; PostgreSQL: the row lock an erasure's FOR UPDATE waits for), so an erasure is
+    wholly before this transaction (no row: nothing is stored) or after it (it removes it all)."""
+    values: dict[str, Any] = {"message_count": ChatSession.message_count + count, "last_activity_at": at}
+    if status is not None:
+        values["status"] = status
+    query = update(ChatSession).where(ChatSession.id == session_id)
+    if owner_id is not None:
+        query = query.where(ChatSession.user_id == owner_id)
+    query = query.values(values).returning(ChatSession.status).execution_options(synchronize_session=False)
+    return (await db.execute(query)).scalar_one_or_none()
 
 
 async def set_status(db: AsyncSession, session_id: str, status: str) -> None:

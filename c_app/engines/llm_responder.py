@@ -114,6 +114,58 @@ class _Usage:
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
 
 
+async def _read_contents(
+    response: httpx.Response, usage: _Usage, calls: dict[int, _ToolCall]
+) -> AsyncIterator[tuple[str, bool]]:
+    """The model's SSE stream, read as it arrives: per network read, the answer text of the
+    chunks it completed (usage and tool-call pieces recorded on the way), and whether `[DONE]`
+    was among them. Raises on an error event or a malformed chunk."""
+    pending = ""
+    async for text in response.aiter_text():
+        lines = (pending + text).split("\n")
+        pending = lines.pop()  # the line still incomplete ("" after a newline)
+        pieces: list[str] = []
+        done = False
+        try:
+            for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                content = _chunk_content(json.loads(data), usage, calls)
+                if content:
+                    pieces.append(content)
+        except Exception:
+            if pieces:  # what came before the bad chunk is the partial answer
+                yield "".join(pieces), False
+            raise
+        yield "".join(pieces), done
+        if done:
+            return
+    if pending.startswith("data:") and (data := pending[5:].strip()) != "[DONE]":
+        yield _chunk_content(json.loads(data), usage, calls), False
+
+
+def _chunk_content(chunk: Any, usage: _Usage, calls: dict[int, _ToolCall]) -> str:
+    """One chunk of the model's stream: its usage and tool-call pieces recorded, its text returned."""
+    if not isinstance(chunk, dict) or "error" in chunk:
+        raise ValueError("error event in the model's stream")
+    if chunk.get("usage"):
+        usage.add(chunk["usage"])
+    for choice in (chunk.get("choices") or [])[:1]:
+        delta = choice.get("delta") or {}
+        for piece in delta.get("tool_calls") or ():
+            call = calls.setdefault(piece.get("index") or 0, _ToolCall())
+            call.id = piece.get("id") or call.id
+            function = piece.get("function") or {}
+            call.name = function.get("name") or call.name
+            call.arguments += function.get("arguments") or ""
+        return str(delta.get("content") or "")
+    return ""
+
+
 class LLMResponder:
     name = "llm"
 
@@ -233,28 +285,14 @@ class LLMResponder:
             raise self._failure(produced, type(exc).__name__) from None
         sent = produced
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            # One delta per network read, however many chunks it brought: every event costs the
+            # turn its way through the chat service, the SSE framing and the middleware's `send`.
+            async for content, done in _read_contents(response, usage, calls):
+                if content:
+                    sent = True
+                    yield content
+                if done:
                     break
-                chunk = json.loads(data)
-                if not isinstance(chunk, dict) or "error" in chunk:
-                    raise ValueError("error event in the model's stream")
-                if chunk.get("usage"):
-                    usage.add(chunk["usage"])
-                for choice in (chunk.get("choices") or [])[:1]:
-                    delta = choice.get("delta") or {}
-                    for piece in delta.get("tool_calls") or ():
-                        call = calls.setdefault(piece.get("index") or 0, _ToolCall())
-                        call.id = piece.get("id") or call.id
-                        function = piece.get("function") or {}
-                        call.name = function.get("name") or call.name
-                        call.arguments += function.get("arguments") or ""
-                    if delta.get("content"):
-                        sent = True
-                        yield delta["content"]
         except Exception as exc:  # noqa: BLE001 - any failure reading the upstream is the model's failure
             raise self._failure(sent, type(exc).__name__) from None
         finally:

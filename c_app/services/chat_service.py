@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import time
@@ -51,12 +50,12 @@ from ..schemas.events import (
     SuggestionsEvent,
 )
 from .answer_decision import AnswerDecision, choice_text, picked_choice
-from .customer_data import forget_if_erased
-from .memory_service import MemoryService
+from .memory_service import ChatExchange, MemoryService
 from .session_service import SessionGone, SessionService
 from .upload_service import UploadService
 
 if TYPE_CHECKING:  # built by the container, used here through its methods only
+    from ..db.models import Message
     from ..privacy.sensitive import SensitiveWords, WordList
     from .agent_service import AgentService
     from .stops import StopSignals
@@ -211,15 +210,15 @@ class ChatService:
         if scan is not None and scan.hits:
             # Blocked: stored as written (the operator's record of what was refused), kept out of the
             # model's history and of memory by its status; the session title is masked.
-            await self.sessions.get_or_create(session_id, user_id, title=_title_from(scan.text))
-            row = await self.sessions.add_message(
-                session_id, user_id, role="user", content=text, parts=parts, status=BLOCKED
+            row, _ = await self.sessions.add_question(
+                session_id, user_id, content=text, parts=parts, title=_title_from(scan.text), status=BLOCKED
             )
             await self._moderated(session_id, user_id, row.id, "question", scan.hits, scan.words)
             return Turn(user_id, session_id, text, parts, row.id, reply=self.settings.sensitive_reply)
-        session = await self.sessions.get_or_create(session_id, user_id, title=_title_from(text))
-        row = await self.sessions.add_message(session_id, user_id, role="user", content=text, parts=parts)
-        return Turn(user_id, session_id, text, parts, row.id, status=session.status)
+        row, status = await self.sessions.add_question(
+            session_id, user_id, content=text, parts=parts, title=_title_from(text)
+        )
+        return Turn(user_id, session_id, text, parts, row.id, status=status)
 
     async def _moderated(
         self,
@@ -272,19 +271,25 @@ class ChatService:
         clock = metrics.TurnClock(turn.door)
         result = _Answer(engine=self.engine.name)
         finished_as = "complete"
+        failed = False  # an error event already sent
         # The answer is checked as it streams: held back at most by the longest listed word (less one).
         listed = self.sensitive.current if self.sensitive is not None else None
         censor = listed.censor() if listed is not None else None
         try:
+            # The session's last messages, read once: the history the model sees, and the answer
+            # just before (whose choices this message may pick).
+            recent = await self.sessions.recent_messages(
+                turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1
+            )
             hits = await self._search(turn.user_id, turn.text) if turn.text else []
-            hits, decision = await self._decide(turn, hits)
+            hits, decision = await self._decide(turn, hits, recent)
             result.score = max((h.score for h in hits if h.scope == PUBLIC), default=None)
             context = TurnContext(
                 user_id=turn.user_id,
                 session_id=turn.session_id,
                 text=turn.text,
                 hits=hits,
-                history=await self._history(turn),
+                history=_history(turn, recent),
                 images=await self._images_for_model(turn),
                 search=lambda query: self._search(turn.user_id, query),
                 remember=lambda fact: self._remember(turn, fact),
@@ -370,20 +375,27 @@ class ChatService:
                 result.text.append(tail)
                 yield DeltaEvent(text=tail)
             result.status = "partial" if result.text else "failed"
+            failed = True
             yield ErrorEvent(message=FAILURE_MESSAGE)
         finally:
             # Runs on success, on failure, and when the client goes away (cancellation): shield the
             # write so a cancelled request still records what was said.
             with anyio.CancelScope(shield=True), tracing.span("chat.storage"):
-                message_id = await self._store(
+                stored, message_id = await self._stored(
                     turn, result, latency_ms=int((time.monotonic() - started) * 1000)
                 )
                 clock.finished(result.final_outcome, result.status)
-                if censor is not None and censor.hits:
+                if stored and censor is not None and censor.hits:
                     await self._moderated(
                         turn.session_id, turn.user_id, message_id, "answer", censor.hits, censor.matched_words
                     )
-        yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status, usage=result.usage)
+        # `done` only for an answer that is stored: a client that reads it may take it as kept.
+        if stored:
+            yield DoneEvent(
+                message_id=message_id, engine=result.engine, status=result.status, usage=result.usage
+            )
+        elif not failed:
+            yield ErrorEvent(message=FAILURE_MESSAGE)
 
     async def _fixed_reply(self, turn: Turn, reply: str) -> AsyncIterator[ChatEvent]:
         """A blocked message's answer: the fixed reply, stored as the assistant's message; no
@@ -392,28 +404,32 @@ class ChatService:
         clock = metrics.TurnClock(turn.door)
         # Stored first: the record holds even if the client leaves.
         with anyio.CancelScope(shield=True), tracing.span("chat.storage"):
-            message_id = await self._store(turn, result, latency_ms=0)
+            stored, message_id = await self._stored(turn, result, latency_ms=0)
             clock.finished(result.final_outcome, result.status)
         yield DeltaEvent(text=reply)
-        yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
+        if stored:
+            yield DoneEvent(message_id=message_id, engine=result.engine, status=result.status)
+        else:
+            yield ErrorEvent(message=FAILURE_MESSAGE)
 
-    async def _decide(self, turn: Turn, hits: list[Hit]) -> tuple[list[Hit], Decision | None]:
+    async def _decide(
+        self, turn: Turn, hits: list[Hit], recent: list[Message]
+    ) -> tuple[list[Hit], Decision | None]:
         """The knowledge-base decision on the turn's hits; a reply picking one of the previous
         answer's choices (its number, or the clicked question) answers that entry."""
         if not turn.text:
             return hits, None
-        picked = await self._picked(turn)
+        picked = await self._picked(turn, recent)
         if picked is not None:
             return [picked, *(h for h in hits if h.id != picked.id)], Decision(
                 ANSWER, (picked,), 1.0, picked=True
             )
         return hits, self.decider.decide(turn.text, hits) if self.decider is not None else None
 
-    async def _picked(self, turn: Turn) -> Hit | None:
+    async def _picked(self, turn: Turn, recent: list[Message]) -> Hit | None:
         """The entry the customer picked among the choices of the answer just before, recorded
         there (the pair: that answer's question -> this entry); None when they asked anew."""
-        rows = await self.sessions.recent_messages(turn.session_id, owner_id=turn.user_id, limit=2)
-        previous = next((r for r in reversed(rows) if r.id != turn.message_id), None)
+        previous = next((r for r in reversed(recent) if r.id != turn.message_id), None)
         if previous is None or previous.role != "assistant" or not previous.choices:
             return None
         hit = picked_choice(turn.text, await self.memory.entries(previous.choices))
@@ -435,17 +451,6 @@ class ChatService:
         row = await self.memory.add_private(turn.user_id, fact, {"source": "assistant"})
         return row.id
 
-    async def _history(self, turn: Turn) -> list[HistoryItem]:
-        rows = await self.sessions.recent_messages(
-            turn.session_id, owner_id=turn.user_id, limit=HISTORY_LIMIT + 1
-        )
-        # A blocked message and its fixed reply never reach the model.
-        return [
-            HistoryItem(row.role, row.content)
-            for row in rows
-            if row.id != turn.message_id and row.status != BLOCKED
-        ]
-
     async def _images_for_model(self, turn: Turn) -> list[str]:
         """The turn's images as the model should receive them: our uploads become data URLs."""
         if not self.sends_images:
@@ -460,12 +465,32 @@ class ChatService:
                 images.append(url)
         return images
 
+    async def _stored(self, turn: Turn, result: _Answer, *, latency_ms: int) -> tuple[bool, int | None]:
+        """`_store`, never raising: (False, None) when the answer could not be stored."""
+        try:
+            return True, await self._store(turn, result, latency_ms=latency_ms)
+        except Exception:
+            logger.exception("could not store the answer (session %s)", turn.session_id)
+            return False, None
+
     async def _store(self, turn: Turn, result: _Answer, *, latency_ms: int) -> int | None:
-        """Store the answer (or what there was of it) and remember the exchange; never raises."""
+        """Store the answer (or what there was of it) with the chat memory of the exchange, in one
+        transaction. Returns the answer's id, None when there is nothing to store or its session
+        is gone (deleted, or the customer erased while it streamed: nothing of it is kept); raises
+        when it could not be stored (the client then gets an error, never `done`)."""
         text = "".join(result.text)
         if not text and result.status != "complete":
             return None
-        try:
+        exchange = None
+        if result.status in ("complete", "fallback") and turn.text and text:
+            try:
+                exchange = await self.memory.exchange(
+                    turn.user_id, turn.text, text, turn.session_id, grounded=bool(result.sources)
+                )
+            except Exception:
+                logger.exception("could not remember the exchange (session %s)", turn.session_id)
+
+        async def store(along: ChatExchange | None) -> int:
             row = await self.sessions.add_message(
                 turn.session_id,
                 turn.user_id,
@@ -481,25 +506,25 @@ class ChatService:
                 entry_id=next((s["id"] for s in result.sources if s.get("type") == "public"), None),
                 score=result.score,
                 choices=result.choices,
+                along=along,
             )
+            return row.id
+
+        try:
+            try:
+                return await store(exchange)
+            except SessionGone:
+                raise
+            except Exception:
+                if exchange is None:
+                    raise
+                # Once more without the exchange: the answer matters more than its chat memory
+                # (and a write lock held past the busy timeout may have gone meanwhile).
+                logger.exception("could not store the answer with its exchange (session %s)", turn.session_id)
+                return await store(None)
         except SessionGone:
-            # Deleted, or the customer erased, while the answer streamed: nothing of it is kept.
             logger.info("answer not stored: its session is gone (session %s)", turn.session_id)
             return None
-        except Exception:
-            logger.exception("could not store the answer (session %s)", turn.session_id)
-            return None
-        if result.status in ("complete", "fallback") and turn.text and text:
-            try:
-                await self.memory.add_exchange(
-                    turn.user_id, turn.text, text, turn.session_id, grounded=bool(result.sources)
-                )
-                # An erasure between storing the answer and remembering it: forget it again.
-                await forget_if_erased(self.memory.sync, turn.user_id, turn.session_id)
-            except Exception:
-                # The answer is stored: its id still reaches the client.
-                logger.exception("could not remember the exchange (session %s)", turn.session_id)
-        return row.id
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -551,28 +576,58 @@ def suggestions(hits: list[Hit], *, used: list[dict[str, Any]], asked: str) -> l
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:
     """Iterate `source` until it ends or `stop` is set; a stop cancels the pending step at once,
-    so an engine waiting on its model is interrupted (and closes its upstream request)."""
+    so an engine waiting on its model is interrupted (and closes its upstream request).
+
+    The steps run in the caller's task (a task per step cost ~40 us an event, more than the
+    event's framing): a stop cancels that task only while it waits inside a step, and takes
+    back its own cancellation; a stop while the caller handles an event ends at the next step."""
+    task = asyncio.current_task()
+    assert task is not None
     iterator = aiter(source)
-    stopped = asyncio.ensure_future(stop.wait())
-    step: asyncio.Future[T] | None = None
+    stepping = interrupted = False
+
+    def interrupt(_: object) -> None:
+        nonlocal interrupted
+        if stepping and not interrupted:
+            interrupted = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(stop.wait())
+    watcher.add_done_callback(interrupt)
     try:
-        while True:
-            step = asyncio.ensure_future(anext(iterator))
-            await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                return
+        while not stop.is_set():
+            stepping = True
             try:
-                item = step.result()
+                item = await anext(iterator)
             except StopAsyncIteration:
                 return
-            step = None
+            except asyncio.CancelledError:
+                if interrupted and task.uncancel() == 0:  # the stop's, and nobody else's
+                    return
+                raise
+            finally:
+                stepping = False
+            if interrupted:  # the step swallowed the stop's cancellation
+                task.uncancel()
+                break
             yield item
+        # Stopped between steps: the source closes now (an engine, its upstream request).
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
     finally:
-        stopped.cancel()
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(BaseException):
-                await step
+        watcher.remove_done_callback(interrupt)
+        watcher.cancel()
+
+
+def _history(turn: Turn, recent: list[Message]) -> list[HistoryItem]:
+    """What the model sees of the session before this message: a blocked message and its fixed
+    reply never reach it."""
+    return [
+        HistoryItem(row.role, row.content)
+        for row in recent
+        if row.id != turn.message_id and row.status != BLOCKED
+    ]
 
 
 def _masked(item: dict[str, Any], listed: WordList | None) -> dict[str, Any]:

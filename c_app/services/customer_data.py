@@ -15,10 +15,10 @@ unlinked, and the audit entry written; entries naming the customer get their pse
 audit_service). The customer's rate-limit counters are cleared first (outside the database).
 Repeating it finds nothing and removes nothing.
 
-An answer still streaming for the customer cannot bring anything back: storing it checks, under the
-write lock, that its session still exists (`SessionService.add_message` raises `SessionGone`, and
-the chat memory is then not written); an exchange remembered in the instant between the answer
-being stored and the erasure is removed again by `forget_if_erased`.
+An answer still streaming for the customer cannot bring anything back: it is stored with the chat
+memory of its exchange in one transaction that first moves its session's counters, under the
+session row's lock (`SessionService.add_message(along=...)`), so the erasure is wholly before it
+(`SessionGone`: nothing is stored) or after it (and removes the answer and the exchange too).
 """
 
 from __future__ import annotations
@@ -345,23 +345,3 @@ async def clear_rate_limits(limits: RateLimits | None, user_id: str) -> int:
             continue
         cleared += 1
     return cleared
-
-
-async def forget_if_erased(sync: IndexSync, user_id: str, session_id: str) -> bool:
-    """After an exchange was remembered: if its session is gone meanwhile (the customer was erased
-    between the answer being stored and the exchange being remembered), remove that session's
-    exchanges again. The check waits for an erasure still committing (PostgreSQL: FOR KEY SHARE)."""
-    async with sync.db.read() as db:
-        if await repo.session_exists(db, session_id, owner_id=user_id, lock=True):
-            return False
-    async with sync.writing() as db:
-        refs = [
-            ref
-            for ref in await repo.memory_refs(db, user_id, (CHAT,))
-            if (ref.meta or {}).get("session_id") == session_id
-        ]
-        await repo.delete_memories(db, refs)
-    sync.applied([], refs)
-    if refs:
-        logger.info("an exchange remembered after its customer was erased was removed")
-    return bool(refs)

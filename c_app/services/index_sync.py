@@ -364,6 +364,15 @@ class IndexSync:
             yield session
         self._own_seqs.update(repo.own_change_seqs(session))
 
+    def committed(
+        self, session: AsyncSession, rows: Iterable[Memory], removed: Iterable[Memory] = ()
+    ) -> None:
+        """A write to the memories table made in another service's transaction (`writing`, for
+        one of this service's own) has committed: its change-log entries are this process's own,
+        and its rows are reflected (`applied`)."""
+        self._own_seqs.update(repo.own_change_seqs(session))
+        self.applied(rows, removed)
+
     def applied(self, rows: Iterable[Memory], removed: Iterable[Memory] = ()) -> None:
         """Reflect this process's own committed writes (read-your-writes): queued on their indexes,
         applied by the next search of each, in a worker thread (see the module docstring)."""

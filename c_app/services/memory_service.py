@@ -57,6 +57,50 @@ async def hits_for(
     return found
 
 
+class ChatExchange:
+    """One exchange for a user's chat memory, written in a caller's transaction (`write`), the
+    index told once that has committed (`committed`); the newest CHAT_MEMORY_LIMIT are kept."""
+
+    def __init__(
+        self,
+        memory: MemoryService,
+        user_id: str,
+        question: str,
+        answer: str,
+        session_id: str,
+        grounded: bool,
+        tokens: bytes,
+    ) -> None:
+        self.memory = memory
+        self.user_id = user_id
+        self.question = question[:2000]
+        self.answer = answer[:4000]
+        self.session_id = session_id
+        self.grounded = grounded
+        self.tokens = tokens
+        self._written: list[Memory] = []
+        self._dropped: list[Memory] = []
+
+    async def write(self, db: AsyncSession) -> None:
+        row = await repo.add(
+            db,
+            scope=CHAT,
+            owner_id=self.user_id,
+            question=self.question,
+            content=f"用户：{self.question}\n客服：{self.answer}",
+            meta={"session_id": self.session_id, "grounded": self.grounded},
+            tokens=self.tokens,
+        )
+        keep = self.memory.settings.chat_memory_limit
+        self._written, self._dropped = (
+            [row],
+            await repo.trim(db, scope=CHAT, owner_id=self.user_id, keep=keep),
+        )
+
+    def committed(self, db: AsyncSession) -> None:
+        self.memory.sync.committed(db, self._written, self._dropped)
+
+
 class MemoryService:
     def __init__(self, sync: IndexSync, settings: Settings) -> None:
         self.sync = sync
@@ -106,26 +150,26 @@ class MemoryService:
             await repo.remove(db, row)
         self.sync.applied([], [row])
 
-    async def add_exchange(
+    async def exchange(
         self, user_id: str, question: str, answer: str, session_id: str, *, grounded: bool
-    ) -> None:
-        """Remember a finished exchange in the user's chat memory, keeping the newest N.
+    ) -> ChatExchange:
+        """A finished exchange for the user's chat memory, analysed (in a worker thread) and
+        ready to be written in the transaction that stores the answer
+        (`SessionService.add_message(along=...)`): kept exactly when the answer is.
 
         grounded: the answer came from the knowledge or memories, so it may be repeated later.
         """
         tokens = await self.sync.terms(([question[:2000]], ""))  # what index_fields reads of this row
-        async with self.sync.writing() as db:
-            row = await repo.add(
-                db,
-                scope=CHAT,
-                owner_id=user_id,
-                question=question[:2000],
-                content=f"用户：{question[:2000]}\n客服：{answer[:4000]}",
-                meta={"session_id": session_id, "grounded": grounded},
-                tokens=tokens,
-            )
-            dropped = await repo.trim(db, scope=CHAT, owner_id=user_id, keep=self.settings.chat_memory_limit)
-        self.sync.applied([row], dropped)
+        return ChatExchange(self, user_id, question, answer, session_id, grounded, tokens)
+
+    async def add_exchange(
+        self, user_id: str, question: str, answer: str, session_id: str, *, grounded: bool
+    ) -> None:
+        """Remember a finished exchange in the user's chat memory on its own, keeping the newest N."""
+        exchange = await self.exchange(user_id, question, answer, session_id, grounded=grounded)
+        async with self.db.transaction() as db:
+            await exchange.write(db)
+        exchange.committed(db)
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db import customers as customers_repo
 from ..db import messages as messages_repo
 from ..db import moderation as moderation_repo
 from ..db import sessions as repo
@@ -27,6 +27,15 @@ RATINGS = ("like", "dislike")
 
 class SessionGone(NotFound):
     """A message arrived for a session that no longer exists (deleted, or its customer erased)."""
+
+
+class Along(Protocol):
+    """Another service's write, committed with a message in its transaction (or not at all):
+    `MemoryService.exchange`, the chat memory of the exchange an answer ends."""
+
+    async def write(self, db: AsyncSession) -> None: ...
+
+    def committed(self, db: AsyncSession) -> None: ...
 
 
 def new_session_id(user_id: str) -> str:
@@ -74,6 +83,43 @@ class SessionService:
                 raise Forbidden("无权访问该会话") from None
             return row
 
+    async def add_question(
+        self,
+        session_id: str,
+        user_id: str,
+        *,
+        content: str,
+        parts: list[dict[str, Any]] | None,
+        title: str,
+        status: str = "complete",
+    ) -> tuple[Message, str]:
+        """Store a customer's message in their session, created (with `title`) if no one has it
+        yet; another user's session is refused. Returns the message and the session's status.
+        Once the session exists this is one transaction: its counters moved (which finds it the
+        user's), then the message inserted."""
+        session_status = None
+        async with self.db.transaction() as db:
+            session_status = await repo.record_messages(
+                db, session_id, owner_id=user_id, count=1, at=utcnow()
+            )
+            if session_status is not None:
+                row = await messages_repo.add(
+                    db,
+                    session_id=session_id,
+                    user_id=user_id,
+                    role="user",
+                    content=content,
+                    parts=parts,
+                    status=status,
+                )
+        if session_status is None:  # a new session (or someone else's: Forbidden)
+            session = await self.get_or_create(session_id, user_id, title=title)
+            row = await self.add_message(
+                session_id, user_id, role="user", content=content, parts=parts, status=status
+            )
+            session_status = session.status
+        return row, session_status
+
     async def add_message(
         self,
         session_id: str,
@@ -94,14 +140,27 @@ class SessionService:
         agent_name: str | None = None,
         score: float | None = None,
         choices: list[int] | None = None,
+        along: Along | None = None,
     ) -> Message:
         """Store a message and move the session's counters in one transaction (`handoff`: the
-        session now waits for a person).
+        session now waits for a person; `along`: another write committed with it, or not at all).
 
         Raises `SessionGone` when the session no longer exists (deleted, or its customer erased
-        while the answer was streaming): nothing is stored then."""
+        while the answer was streaming): nothing is stored then, `along` included."""
         try:
             async with self.db.transaction() as db:
+                # The session row first, under its lock (db.sessions.record_messages): an erasure is
+                # wholly before this transaction or after it.
+                moved = await repo.record_messages(
+                    db,
+                    session_id,
+                    owner_id=user_id,
+                    count=1,
+                    at=utcnow(),
+                    status="waiting_human" if handoff else None,
+                )
+                if moved is None:
+                    raise SessionGone("会话不存在")
                 row = await messages_repo.add(
                     db,
                     session_id=session_id,
@@ -121,15 +180,12 @@ class SessionService:
                     score=score,
                     choices=choices,
                 )
-                # Checked after the insert, so under its lock (SQLite: the write lock; PostgreSQL: the
-                # foreign key's lock on the session row): an erasure is wholly before or after this.
-                if not await customers_repo.session_exists(db, session_id, owner_id=user_id):
-                    raise SessionGone("会话不存在")
-                await repo.record_messages(db, session_id, count=1, at=utcnow())
-                if handoff:
-                    await repo.set_status(db, session_id, "waiting_human")
+                if along is not None:
+                    await along.write(db)
         except IntegrityError as exc:  # the foreign key refused it: the session is gone
             raise SessionGone("会话不存在") from exc
+        if along is not None:
+            along.committed(db)
         return row
 
     async def record_choice(self, message_id: int, entry_id: int) -> None:
