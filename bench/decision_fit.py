@@ -1,10 +1,12 @@
 """Fit, and measure, the knowledge-base decision (answer / clarify / decline).
 
-    .venv/bin/python bench/decision_fit.py fit  bench/data/sample_kb_questions.jsonl --kb c_app/data/sample_kb.jsonl
+    .venv/bin/python bench/decision_fit.py fit  bench/data/sample_kb_questions.jsonl bench/data/telecom_questions.jsonl \
+        --kb c_app/data/sample_kb.jsonl bench/data/telecom_kb.jsonl
     .venv/bin/python bench/decision_fit.py eval bench/data/express_questions.jsonl --kb bench/data/express_kb.jsonl
     .venv/bin/python bench/decision_fit.py eval --faq-eval ../shared/data/faq-eval/bq_valid_faq.json
 
-A question set is JSONL of {"question", "external_id"} (external_id null: the knowledge base
+Several question sets (each with its knowledge base, in the same order) are measured, or fitted
+on, together. A question set is JSONL of {"question", "external_id"} (external_id null: the knowledge base
 cannot answer it and must not). Each question is searched in a LexicalIndex built as the app
 builds it (question + similar questions, title as secondary text), and the features of
 c_app.retrieval.decision are computed on its top five hits.
@@ -236,20 +238,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", choices=["fit", "eval"])
-    parser.add_argument("questions", type=Path, nargs="?")
-    parser.add_argument("--kb", type=Path)
+    parser.add_argument("questions", type=Path, nargs="*", help="question sets, each with its --kb")
+    parser.add_argument("--kb", type=Path, nargs="*", default=[], help="one knowledge base per question set")
     parser.add_argument("--faq-eval", type=Path)
     parser.add_argument("--model", type=Path, default=MODEL_PATH)
     parser.add_argument("--out", type=Path, default=MODEL_PATH)
     parser.add_argument("--max-wrong", type=float, default=0.005)
     parser.add_argument("--max-ood-offer", type=float, default=0.3)
     args = parser.parse_args()
-    rows = set_cases(args.questions, args.kb, args.faq_eval)
-    name = (args.faq_eval or args.questions).name
+    if len(args.questions) != len(args.kb) or bool(args.questions) == bool(args.faq_eval):
+        parser.error("give question sets with one --kb each, or --faq-eval")
+    pairs = list(zip(args.questions, args.kb, strict=True))
+    if args.faq_eval is not None:
+        rows = set_cases(None, None, args.faq_eval)
+        name = args.faq_eval.name
+    else:
+        rows = [c for q, kb in pairs for c in set_cases(q, kb, None)]
+        name = " + ".join(q.name for q, _ in pairs)
     if args.mode == "fit":
         # The same questions against the same KB without its similar questions too: the model
         # must also see the low-score regime of a KB whose entries list few customer wordings.
-        bare = set_cases(args.questions, args.kb, None, similar=False) if args.kb else []
+        bare = [c for q, kb in pairs for c in set_cases(q, kb, None, similar=False)]
         model = fit(rows + bare, args.max_wrong, args.max_ood_offer)
         args.out.write_text(json.dumps(model, indent=1) + "\n", encoding="utf-8")
         print(

@@ -81,6 +81,26 @@ def test_normalize_colloquial_variants() -> None:
     assert normalize("可否取消") == normalize("能不能取消")
 
 
+def test_normalize_vague_verbs_and_particles() -> None:
+    assert normalize("退款咋弄") == normalize("退款怎么整") == normalize("退款怎么")
+    assert normalize("啥时候发货呗") == normalize("什么时候发货")
+    assert normalize("密码忘了咋办") == normalize("密码忘了怎么办")
+
+
+def test_synonyms_add_the_head_word_and_rank_the_entry_that_uses_it() -> None:
+    from c_app.retrieval.text import WORD, tokenize
+
+    terms = tokenize(normalize("快递小哥不接电话"))
+    assert WORD + "快递员" in terms and WORD + "联系不上" in terms
+    assert "c小" in terms  # the typed characters are still there
+    assert terms.count(WORD + "快递员") == 1
+    idx = LexicalIndex()
+    idx.upsert(1, ["派送员联系不上怎么办"])  # not one character in common with the query
+    idx.upsert(2, ["发票怎么开"])
+    hits = idx.search("小哥打不通", 5)
+    assert [doc for doc, _ in hits] == [1]  # found by the head words 快递员 and 联系不上 alone
+
+
 def test_normalize_greeting_only_is_not_emptied() -> None:
     assert normalize("你好") != ""
 

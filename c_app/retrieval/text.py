@@ -168,9 +168,68 @@ VARIANTS: dict[str, str] = {
     "撤销": "取消", "撤消": "取消",
     "更换": "修改", "更改": "修改", "变更": "修改",
     "退钱": "退款", "付钱": "付款",
+    # "how do I do it": the vague verb carries nothing ("咋弄" is "how")
+    "怎么弄": "怎么", "怎么整": "怎么", "怎么搞": "怎么", "怎么操作": "怎么", "怎么做": "怎么",
+    "咋弄": "怎么", "咋整": "怎么", "咋搞": "怎么", "咋操作": "怎么", "咋做": "怎么",
+    "如何操作": "怎么", "咋办": "怎么办", "该怎么办": "怎么办", "怎么处理": "怎么办",
+    "如何处理": "怎么办", "咋处理": "怎么办", "怎么解决": "怎么办", "如何解决": "怎么办",
+    # "when", "is there"
+    "啥时候": "什么时候", "啥时": "什么时候", "几时": "什么时候", "何时": "什么时候",
+    "有木有": "有没有", "有没得": "有没有",
 }
 # fmt: on
+
+# Synonym groups: a text holding any word of a group (or its head word) also gets the head word as
+# a word term (``tokenize``); the text itself is left as written, so the characters still match
+# what was typed. Written by hand from general customer-service vocabulary of online shops, parcel
+# delivery, banking, telecoms and accounts (not derived from any evaluation set): each group is
+# what customers and help-centre pages say for one thing.
+# fmt: off
+SYNONYM_GROUPS: dict[str, tuple[str, ...]] = {
+    # people
+    "快递员": ("快递小哥", "快递哥", "快递师傅", "配送员", "派件员", "派送员", "送货员", "取件员",
+             "收件员", "揽件员", "送件员"),
+    "客服": ("客服人员", "客服小姐姐", "服务人员"),
+    # things
+    "快件": ("包裹", "快递包裹", "邮件包裹"),
+    "物品": ("东西", "货物", "货品"),
+    "手机卡": ("电话卡", "号卡", "sim卡", "手机sim卡"),
+    "银行卡": ("储蓄卡", "借记卡"),
+    "验证码": ("校验码", "动态码", "短信码", "动态密码"),
+    "身份证": ("身份证件", "二代证"),
+    "营业厅": ("门店", "营业网点", "服务网点", "服务点", "营业点"),
+    # money
+    "费用": ("收费", "价格", "价钱", "资费", "花多少钱"),
+    "支付": ("付款", "付费", "交钱", "缴费", "交费", "结账", "买单"),
+    "充值": ("冲值", "充钱", "充费"),
+    "退款": ("退费", "退回款项"),
+    "优惠": ("打折", "折扣", "便宜点", "减免", "特价"),
+    "优惠券": ("代金券", "抵用券", "折扣券", "消费券", "满减券"),
+    "赔偿": ("赔付", "赔钱", "补偿", "理赔款"),
+    # what happened
+    "丢失": ("丢了", "弄丢", "遗失", "丢掉了", "不见了"),
+    "损坏": ("坏了", "坏掉", "破损", "摔坏", "压坏", "损毁", "碎了", "破了"),
+    "填错": ("写错", "输错", "打错", "填写错误", "弄错"),
+    "忘记": ("忘了", "忘掉", "想不起来", "不记得"),
+    "联系不上": ("联系不到", "打不通", "找不到人", "没人接", "不接电话"),
+    # doing
+    "取消": ("退订", "不要了"),
+    "查询": ("查看", "查一下", "查下", "看一下", "看看"),
+    "注销": ("销户", "销号", "销卡"),
+    "实名": ("实名认证", "实名登记", "实名验证", "实名制"),
+    # time
+    "晚上": ("夜间", "夜里", "晚间", "夜晚", "半夜"),
+    "周末": ("星期六", "星期天", "星期日", "周六", "周日", "礼拜天", "礼拜六"),
+    "春节": ("过年", "大年", "年三十"),
+    "多久": ("几天", "多少天", "几个小时", "多少小时"),
+}
+# fmt: on
+SYNONYMS: dict[str, str] = {
+    **{canon: canon for canon in SYNONYM_GROUPS},
+    **{word: canon for canon, words in SYNONYM_GROUPS.items() for word in words},
+}
 _VARIANT_RE = re.compile("|".join(sorted(map(re.escape, VARIANTS), key=len, reverse=True)))
+_SYNONYM_RE = re.compile("|".join(sorted(map(re.escape, SYNONYMS), key=len, reverse=True)))
 
 # Greetings / politeness openers stripped at the start of a text (repeatedly; see _strip_leading).
 # fmt: off
@@ -193,7 +252,7 @@ _ANYWHERE_RE = re.compile(r"谢谢你们|谢谢你|谢谢|多谢|谢了|感谢|�
 # whole or not at all: the lookbehind starts a match only at a run's first particle and the
 # possessive ``++`` never gives one back (a plain ``+`` retried every suffix of a long run that is
 # followed by a letter: quadratic).
-_PARTICLES = "吗嘛呢啊呀吧哦噢嗯啦哈哇呐咯哟喔"
+_PARTICLES = "吗嘛呢啊呀吧哦噢嗯啦哈哇呐咯哟喔呗"
 _PARTICLE_RE = re.compile(rf"(?<![{_PARTICLES}])[{_PARTICLES}]++(?=[\s,.!?~:;、\"'()\[\]]|$)")
 # List numbering / junk that customers paste in front: "1.", "12:", "#", "'", "%" ... One step
 # of it, matched at a position (see _strip_leading). No ``\s*`` before the number: a space is
@@ -339,9 +398,16 @@ def tokenize(normalized: str) -> list[str]:
     """Index terms (with repeats) of an already normalised text; see module docstring."""
     text = normalized
     terms: list[str] = []
+    seen: set[str] = set()
     for w in words(text):
         if len(w) >= 2 and not w.isascii():
             terms.append(WORD + w)
+            seen.add(w)
+    for match in _SYNONYM_RE.finditer(text):
+        head = SYNONYMS[match.group(0)]
+        if head not in seen:  # once per text, unless jieba found the head word itself
+            terms.append(WORD + head)
+            seen.add(head)
     for run in char_units(text):
         terms.extend(CHAR + u for u in run)
         terms.extend(BIGRAM + a + b for a, b in itertools.pairwise(run))
