@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import event
+
+from c_app.errors import Forbidden
 
 from .utils import assert_envelope, chat_body
 
@@ -81,3 +85,56 @@ async def test_list_is_one_query_however_many_sessions(app, client):
         event.remove(engine, "before_cursor_execute", record)
     assert len(listed) == 12
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+
+
+async def test_a_new_sessions_first_question_is_one_transaction(app, client):
+    """The session row and the customer's first message are written together: one commit, and
+    the session counts the message."""
+    sessions = app.state.services.sessions
+    commits: list[object] = []
+
+    def record(conn):
+        commits.append(conn)
+
+    engine = app.state.services.db.engine.sync_engine
+    event.listen(engine, "commit", record)
+    try:
+        row, status = await sessions.add_question(
+            "first-s", "first-u", content="你好", parts=None, title="你好"
+        )
+    finally:
+        event.remove(engine, "commit", record)
+    assert len(commits) == 1 and status == "active"
+    body = (await client.get("/api/v1/chat/session/first-s")).json()
+    assert body["title"] == "你好" and body["message_count"] == 1 and body["user_id"] == "first-u"
+    history = (await client.get("/api/v1/chat/session/first-s/messages")).json()["messages"]
+    assert [(m["id"], m["role"], m["content"]) for m in history] == [(row.id, "user", "你好")]
+
+
+async def test_first_questions_at_once_open_one_session_and_refuse_another_user(app, client):
+    """Six first questions for one new session id at once, from its user, plus one from another
+    user: the user's six are stored in one session that counts them; the other user is refused
+    (403) and nothing of theirs is stored."""
+    sessions = app.state.services.sessions
+
+    async def ask(user: str, n: int) -> str:
+        try:
+            await sessions.add_question("race-s", user, content=f"问题{n}", parts=None, title="t")
+        except Forbidden as exc:
+            return exc.message
+        return "ok"
+
+    results = await asyncio.gather(*(ask("race-u", n) for n in range(6)), ask("intruder", 99))
+    body = (await client.get("/api/v1/chat/session/race-s")).json()
+    owner = body["user_id"]
+    assert owner in ("race-u", "intruder")
+    history = (await client.get("/api/v1/chat/session/race-s/messages", params={"limit": 50})).json()[
+        "messages"
+    ]
+    if owner == "race-u":  # the usual case: the intruder came after one of the user's inserts
+        assert results == ["ok"] * 6 + ["无权访问该会话"]
+        assert sorted(m["content"] for m in history) == sorted(f"问题{n}" for n in range(6))
+        assert body["message_count"] == 6
+    else:  # the intruder's insert won: every one of the user's questions is refused
+        assert results == ["无权访问该会话"] * 6 + ["ok"]
+        assert [m["content"] for m in history] == ["问题99"] and body["message_count"] == 1

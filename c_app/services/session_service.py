@@ -95,30 +95,39 @@ class SessionService:
     ) -> tuple[Message, str]:
         """Store a customer's message in their session, created (with `title`) if no one has it
         yet; another user's session is refused. Returns the message and the session's status.
-        Once the session exists this is one transaction: its counters moved (which finds it the
-        user's), then the message inserted."""
-        session_status = None
+        One transaction: the session's counters moved (which finds it the user's), then the message
+        inserted; a new session is created first, inside it."""
         async with self.db.transaction() as db:
-            session_status = await repo.record_messages(
-                db, session_id, owner_id=user_id, count=1, at=utcnow()
+            at = utcnow()
+            session_status = await repo.record_messages(db, session_id, owner_id=user_id, count=1, at=at)
+            if session_status is None:  # a new session (or someone else's: Forbidden)
+                session_status = await self._open(db, session_id, user_id, title=title, at=at)
+            row = await messages_repo.add(
+                db,
+                session_id=session_id,
+                user_id=user_id,
+                role="user",
+                content=content,
+                parts=parts,
+                status=status,
             )
-            if session_status is not None:
-                row = await messages_repo.add(
-                    db,
-                    session_id=session_id,
-                    user_id=user_id,
-                    role="user",
-                    content=content,
-                    parts=parts,
-                    status=status,
-                )
-        if session_status is None:  # a new session (or someone else's: Forbidden)
-            session = await self.get_or_create(session_id, user_id, title=title)
-            row = await self.add_message(
-                session_id, user_id, role="user", content=content, parts=parts, status=status
-            )
-            session_status = session.status
         return row, session_status
+
+    async def _open(
+        self, db: AsyncSession, session_id: str, user_id: str, *, title: str, at: datetime
+    ) -> str:
+        """Create the user's session with its first message counted; its status. The insert fails
+        when the id is taken: by this user's concurrent first request (then count on theirs), or by
+        someone else (refused)."""
+        try:
+            async with db.begin_nested():
+                await repo.create(db, session_id=session_id, user_id=user_id, title=title)
+        except IntegrityError:
+            pass
+        session_status = await repo.record_messages(db, session_id, owner_id=user_id, count=1, at=at)
+        if session_status is None:
+            raise Forbidden("无权访问该会话")
+        return session_status
 
     async def add_message(
         self,
