@@ -215,11 +215,9 @@ async def test_message_count_and_activity_move(app, client):
     assert second["title"] == "你好"
 
 
-async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(app, client):
-    async def broken(*args, **kwargs):
-        raise RuntimeError("chat memory unavailable")
-
-    app.state.services.memory.exchange = broken
+async def assert_answered_without_chat_memory(app, client) -> None:
+    """A turn whose chat memory could not be written: the answer is stored, `done` names it, and
+    no chat memory exists."""
     response = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
     frames = [block for block in response.text.split("\n\n") if block]
     done = json.loads(frames[-1].split("data: ", 1)[1])
@@ -227,6 +225,14 @@ async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(ap
     answer = [m for m in await rows(app, Message) if m.role == "assistant"]
     assert [m.id for m in answer] == [done["message_id"]]
     assert await count(app, Memory, Memory.scope == "chat") == 0
+
+
+async def test_a_failure_to_remember_the_exchange_keeps_the_answer_and_its_id(app, client):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("chat memory unavailable")
+
+    app.state.services.memory.exchange = broken
+    await assert_answered_without_chat_memory(app, client)
 
 
 async def test_an_exchange_failing_in_the_answers_transaction_keeps_the_answer(app, client):
@@ -245,13 +251,7 @@ async def test_an_exchange_failing_in_the_answers_transaction_keeps_the_answer(a
         return exchange
 
     memory.exchange = failing_write
-    response = await client.post(STREAM + "?events=typed", json=chat_body("买东西怎么开发票？"))
-    frames = [block for block in response.text.split("\n\n") if block]
-    done = json.loads(frames[-1].split("data: ", 1)[1])
-    assert frames[-1].startswith("event: done") and done["status"] == "complete"
-    answer = [m for m in await rows(app, Message) if m.role == "assistant"]
-    assert [m.id for m in answer] == [done["message_id"]]
-    assert await count(app, Memory, Memory.scope == "chat") == 0
+    await assert_answered_without_chat_memory(app, client)
     [session] = await rows(app, ChatSession, ChatSession.id == "session456")
     assert session.message_count == 2  # the failed transaction moved nothing
 
