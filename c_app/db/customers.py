@@ -64,15 +64,6 @@ async def moderation_page(db: AsyncSession, user_id: str, *, after: int, limit: 
     return list((await db.execute(query)).scalars())
 
 
-async def session_exists(db: AsyncSession, session_id: str, *, owner_id: str, lock: bool = False) -> bool:
-    """Whether the owner's session is still there. `lock` (PostgreSQL: FOR KEY SHARE) waits for an erase
-    that holds the row and then sees its outcome; SQLite serialises writers and ignores the clause."""
-    query = select(ChatSession.id).where(ChatSession.id == session_id, ChatSession.user_id == owner_id)
-    if lock:
-        query = query.with_for_update(read=True, key_share=True)
-    return (await db.execute(query)).first() is not None
-
-
 # -- deletes (erasure), in the caller's transaction ----------------------------------------------
 
 
